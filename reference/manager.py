@@ -1,0 +1,544 @@
+"""The CPU reference KV cache manager: TensorRT-LLM ``KVCacheManagerV2``'s per-request
+capacity protocol (docs/protocol.md) over real page ids. Every operation validates its
+arguments before it mutates anything, so a raising call leaves the manager as it was."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvspec.config import Config
+from kvspec.errors import InvalidArgument, InvariantViolation, ProtocolError
+from kvspec.policy import Policy
+
+from .cache import CacheStatus, KVCache, PageState
+from .integrity import check_integrity
+from .pool import PagePool
+from .request import LlmRequest, RequestState
+
+ACTIVE = CacheStatus.ACTIVE
+SUSPENDED = CacheStatus.SUSPENDED
+
+StateSnapshot = tuple[object, ...]
+
+
+class ReferenceKVCacheManager:
+    """Per-request KV capacity over a GPU page pool and an optional host tier.
+
+    State: ``request_id -> KVCache`` (``kv_cache_map`` in TRT), the draft record
+    ``_allocated_draft_lens`` and two :class:`PagePool` free lists. The number of GPU pages
+    held by SUSPENDED caches is kept as a counter, so the resume gate is O(1).
+
+    Policy switches read here: ``clear_snapshot_on_failure``, ``swa_scratch_reuse``,
+    ``host_tier`` and ``draft_record_before_resize``; the executor reads the others.
+
+    NOTE: per-iteration guards of the protocol (prepared/resized/tried this iteration) belong
+    to the caller (the executor or the conformance driver); the manager enforces only what
+    TRT's manager asserts plus the misuse listed in docs/reference.md.
+    """
+
+    def __init__(self, config: Config, policy: Policy) -> None:
+        """Create a manager with every page free.
+
+        Args:
+            config: Sizes (``tokens_per_block``, ``num_gpu_pages``, ``num_host_pages``,
+                ``max_util_for_resume``, ``max_rewind_len``).
+            policy: Protocol switches.
+        """
+        self.config = config
+        self.policy = policy
+        self._tpb = config.tokens_per_block
+        self._gpu = PagePool(config.num_gpu_pages, "gpu")
+        self._host = PagePool(config.num_host_pages, "host")
+        self._caches: dict[int, KVCache] = {}
+        self._allocated_draft_lens: dict[int, int] = {}
+        self._num_suspended_gpu_pages = 0
+        self._util_num = config.max_util_for_resume.numerator
+        self._util_den = config.max_util_for_resume.denominator
+
+    # ------------------------------------------------------------------------------------
+    # helpers
+
+    def _blocks(self, capacity: int) -> int:
+        return -(-capacity // self._tpb)
+
+    def _cache(self, req: LlmRequest, action: str) -> KVCache:
+        cache = self._caches.get(req.request_id)
+        if cache is None:
+            raise ProtocolError(
+                f"{action}: request {req.request_id} has no KV cache (never prepared, freed,"
+                " or dropped by a FREE revert); call prepare_context on its first chunk first")
+        return cache
+
+    def _require_state(self, req: LlmRequest, state: RequestState, action: str) -> None:
+        if req.state != state:
+            raise ProtocolError(
+                f"{action}: request {req.request_id} is in state {req.state.name}; it needs"
+                f" {state.name}")
+
+    def _suspend(self, cache: KVCache) -> None:
+        cache.status = SUSPENDED
+        self._num_suspended_gpu_pages += len(cache.pages)
+
+    def _resume(self, cache: KVCache) -> bool:
+        """``_KVCache.resume``: the utilization gate, then pages back to GPU. All-or-nothing."""
+        g = self._gpu.num_pages
+        used = g - self._gpu.num_free_pages - self.num_evictable_gpu_pages
+        if g > 0 and used * self._util_den > self._util_num * g:
+            return False
+        if cache.on_host:
+            n = len(cache.pages)
+            if self._gpu.num_free_pages < n:
+                return False
+            host_pages = cache.pages
+            cache.pages = self._gpu.allocate_n(n)
+            self._host.free_n(host_pages)
+            cache.on_host = False
+        else:
+            self._num_suspended_gpu_pages -= len(cache.pages)
+        cache.status = ACTIVE
+        cache.never_resumed = False
+        return True
+
+    def _set_capacity(self, cache: KVCache, capacity: int) -> None:
+        """Grow or shrink an ACTIVE cache's page table; the caller checked the free pages."""
+        pages = cache.pages
+        keep = self._blocks(capacity)
+        if keep > len(pages):
+            pages.extend(self._gpu.allocate_n(keep - len(pages)))
+        elif keep < len(pages):
+            released = pages[keep:]
+            del pages[keep:]
+            self._gpu.free_n(released)
+        cache.capacity = capacity
+
+    def _release(self, rid: int, cache: KVCache) -> None:
+        """Close ``cache``: its pages go back to their tier; the draft record is forgotten."""
+        if cache.on_host:
+            self._host.free_n(cache.pages)
+        else:
+            if cache.status == SUSPENDED:
+                self._num_suspended_gpu_pages -= len(cache.pages)
+            self._gpu.free_n(cache.pages)
+        cache.pages = []
+        del self._caches[rid]
+        self._allocated_draft_lens.pop(rid, None)
+
+    # ------------------------------------------------------------------------------------
+    # context phase
+
+    def prepare_context(self, req: LlmRequest) -> bool:
+        """Models TRT ``prepare_context``: create the cache on a first chunk, resume it.
+
+        Cost: O(1), plus O(pages) when a host-resident cache is recalled. Effect: a first
+        chunk without a cache gets an empty SUSPENDED, never-resumed cache (kept even when the
+        resume is refused); a SUSPENDED cache is resumed when the gate allows.
+
+        Returns:
+            Whether the cache is ACTIVE afterwards.
+
+        Raises:
+            ProtocolError: ``req`` is not in CONTEXT_INIT, or a later chunk has no cache.
+        """
+        self._require_state(req, RequestState.CONTEXT_INIT, "prepare_context")
+        cache = self._caches.get(req.request_id)
+        if cache is None:
+            if req.context_current_position != 0:
+                raise ProtocolError(
+                    f"prepare_context: request {req.request_id} is at position"
+                    f" {req.context_current_position} but has no KV cache; only a first"
+                    " chunk (position 0) creates one")
+            cache = self._caches[req.request_id] = KVCache()
+        if cache.status == SUSPENDED:
+            self._resume(cache)
+        return cache.status == ACTIVE
+
+    def resize_context(self, req: LlmRequest, num_tokens: int) -> bool:
+        """Models TRT ``resize_context``: grow to max(capacity, pos + num_tokens).
+
+        Cost: O(new pages). Effect on success: capacity grows, ``num_free_gpu_pages`` drops by
+        the new pages, ``req.py_ctx_pre_resize_cap`` = old capacity if it grew else None.
+        On failure (not enough free GPU pages) nothing is allocated; a first chunk's cache is
+        suspended and, under ``clear_snapshot_on_failure``, the snapshot is cleared.
+
+        Args:
+            req: A CONTEXT_INIT request with an ACTIVE cache.
+            num_tokens: Tokens of this chunk, plus the draft length on the last chunk.
+
+        Returns:
+            Whether the capacity now covers the target.
+
+        Raises:
+            InvalidArgument: ``num_tokens`` is negative or not an int.
+            ProtocolError: wrong request state, no cache, or a SUSPENDED cache.
+        """
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0:
+            raise InvalidArgument(
+                f"resize_context: num_tokens={num_tokens!r} for request {req.request_id} must"
+                " be an integer >= 0 (the chunk length, plus the draft length on the last"
+                " chunk)")
+        self._require_state(req, RequestState.CONTEXT_INIT, "resize_context")
+        cache = self._cache(req, "resize_context")
+        if cache.status != ACTIVE:
+            raise ProtocolError(
+                f"resize_context: request {req.request_id}'s cache is SUSPENDED; call"
+                " prepare_context (which resumes it) and resize only when it returns True")
+        old = cache.capacity
+        new = max(old, req.context_current_position + num_tokens)
+        if self._blocks(new) - len(cache.pages) > self._gpu.num_free_pages:
+            if req.context_current_position == 0:
+                self._suspend(cache)
+            if self.policy.clear_snapshot_on_failure:
+                req.py_ctx_pre_resize_cap = None
+            return False
+        self._set_capacity(cache, new)
+        req.py_ctx_pre_resize_cap = old if new > old else None
+        return True
+
+    def revert_allocate_context(self, req: LlmRequest) -> bool:
+        """Models TRT ``revert_allocate_context``: give back this iteration's context growth.
+
+        Reads and clears ``req.py_ctx_pre_resize_cap`` (pre). No snapshot, no ACTIVE cache or
+        pre >= capacity: nothing else happens. FREE branch (history > pre): the cache is
+        closed and the request rewound to position 0. SHRINK branch: capacity = pre (pages
+        past blocks(pre) freed), history unchanged, then suspended iff pre > 0.
+
+        Returns:
+            False exactly in the FREE branch.
+
+        Raises:
+            InvariantViolation: ``SWA-REWIND``: under ``swa_scratch_reuse`` a SHRINK of a
+                CONTEXT_INIT request's cache with capacity - max_rewind_len > history (TRT's
+                assertion); raised before the snapshot is consumed.
+        """
+        pre = req.py_ctx_pre_resize_cap
+        cache = self._caches.get(req.request_id)
+        if pre is None or cache is None or cache.status != ACTIVE or pre >= cache.capacity:
+            req.py_ctx_pre_resize_cap = None
+            return True
+        if cache.history > pre:
+            req.py_ctx_pre_resize_cap = None
+            self._release(req.request_id, cache)
+            req.context_current_position = 0
+            return False
+        if (self.policy.swa_scratch_reuse and req.state == RequestState.CONTEXT_INIT
+                and cache.capacity - self.config.max_rewind_len > cache.history):
+            raise InvariantViolation(
+                "SWA-REWIND",
+                f"revert_allocate_context: shrinking request {req.request_id}'s cache from"
+                f" capacity {cache.capacity} to {pre} with history {cache.history} needs"
+                f" capacity - max_rewind_len ({self.config.max_rewind_len}) <= history under"
+                " SWA scratch reuse; do not revert context growth with scratch reuse on"
+                " (PR 14849) or disable swa_scratch_reuse")
+        req.py_ctx_pre_resize_cap = None
+        self._set_capacity(cache, pre)
+        if pre > 0:
+            self._suspend(cache)
+        return True
+
+    def update_context_resources(self, reqs: Sequence[LlmRequest]) -> None:
+        """Models TRT ``_update_v2_context_resources``: history = committed = position.
+
+        The caller advanced ``context_current_position`` by the forwarded chunk first.
+        Cost: O(len(reqs)). All-or-nothing over the batch.
+
+        Raises:
+            ProtocolError: a request has no cache or a SUSPENDED one.
+            InvariantViolation: ``INV-LEN``: a position below the history or above the
+                capacity.
+        """
+        caches = []
+        for req in reqs:
+            cache = self._cache(req, "update_context_resources")
+            pos = req.context_current_position
+            if cache.status != ACTIVE:
+                raise ProtocolError(
+                    f"update_context_resources: request {req.request_id}'s cache is SUSPENDED;"
+                    " only forwarded (resized, ACTIVE) requests are updated")
+            if not cache.history <= pos <= cache.capacity:
+                raise InvariantViolation(
+                    "INV-LEN",
+                    f"update_context_resources: request {req.request_id} position {pos} is"
+                    f" outside [history {cache.history}, capacity {cache.capacity}]; advance"
+                    " the position by the resized chunk only")
+            caches.append((cache, pos))
+        for cache, pos in caches:
+            cache.history = cache.committed = pos
+
+    # ------------------------------------------------------------------------------------
+    # generation phase
+
+    def try_allocate_generation(self, req: LlmRequest) -> bool:
+        """Models TRT ``try_allocate_generation``: resume if needed, grow by 1 + draft_len.
+
+        Cost: O(new pages). A refused resume changes nothing. Otherwise the old draft record
+        is dropped (and, under ``draft_record_before_resize``, draft_len recorded); on success
+        capacity grows and the record is draft_len. A failed grow after a resume leaves the
+        cache ACTIVE.
+
+        Returns:
+            Whether the capacity grew.
+
+        Raises:
+            ProtocolError: ``req`` is not generating or has no cache.
+        """
+        self._require_state(req, RequestState.GENERATION_IN_PROGRESS, "try_allocate_generation")
+        cache = self._cache(req, "try_allocate_generation")
+        if cache.status == SUSPENDED and not self._resume(cache):
+            return False
+        rid = req.request_id
+        d = req.draft_len
+        if self.policy.draft_record_before_resize:
+            self._allocated_draft_lens[rid] = d
+        else:
+            self._allocated_draft_lens.pop(rid, None)
+        new = cache.capacity + 1 + d
+        if self._blocks(new) - len(cache.pages) > self._gpu.num_free_pages:
+            return False
+        self._set_capacity(cache, new)
+        self._allocated_draft_lens[rid] = d
+        return True
+
+    def revert_allocate_generation(self, req: LlmRequest) -> None:
+        """Models TRT ``revert_allocate_generation``: shrink by 1 + the popped draft record.
+
+        No record, no ACTIVE cache or a negative target: only the record is popped.
+
+        Raises:
+            InvariantViolation: ``INV-LEN``: the target is below the history (TRT's
+                "shrink must succeed" RuntimeError); nothing is popped.
+        """
+        rid = req.request_id
+        rec = self._allocated_draft_lens.get(rid)
+        cache = self._caches.get(rid)
+        if rec is None or cache is None or cache.status != ACTIVE:
+            self._allocated_draft_lens.pop(rid, None)
+            return
+        target = cache.capacity - 1 - rec
+        if target < 0:
+            del self._allocated_draft_lens[rid]
+            return
+        if target < cache.history:
+            raise InvariantViolation(
+                "INV-LEN",
+                f"revert_allocate_generation: request {rid}'s capacity {cache.capacity} minus"
+                f" 1 + draft record {rec} is {target}, below history {cache.history}; the"
+                " record does not match a growth (record it only on success)")
+        del self._allocated_draft_lens[rid]
+        self._set_capacity(cache, target)
+
+    def update_resources(self, reqs: Sequence[LlmRequest], accepted: Sequence[int]) -> None:
+        """Models TRT ``update_resources`` for forwarded generation requests.
+
+        Per request: rewind = max(record - accepted, 0) (no record: draft_len); capacity -=
+        rewind; history = committed = history + 1 + accepted; record popped. Cost:
+        O(len(reqs) + freed pages). All-or-nothing over the batch.
+
+        Raises:
+            InvalidArgument: lengths differ, a request repeats, or accepted is outside
+                [0, draft_len].
+            ProtocolError: a request is not generating, has no cache or a SUSPENDED one.
+            InvariantViolation: ``INV-LEN``: the trimmed capacity would be below the history.
+        """
+        if len(reqs) != len(accepted):
+            raise InvalidArgument(
+                f"update_resources: {len(reqs)} requests but {len(accepted)} accepted counts;"
+                " pass one count per request")
+        plan = []
+        seen: set[int] = set()
+        for req, acc in zip(reqs, accepted, strict=True):
+            rid = req.request_id
+            if rid in seen:
+                raise InvalidArgument(f"update_resources: request {rid} is listed twice")
+            seen.add(rid)
+            if isinstance(acc, bool) or not isinstance(acc, int) or not 0 <= acc <= req.draft_len:
+                raise InvalidArgument(
+                    f"update_resources: accepted={acc!r} for request {rid} must be an integer"
+                    f" in [0, draft_len={req.draft_len}]")
+            self._require_state(req, RequestState.GENERATION_IN_PROGRESS, "update_resources")
+            cache = self._cache(req, "update_resources")
+            if cache.status != ACTIVE:
+                raise ProtocolError(
+                    f"update_resources: request {rid}'s cache is SUSPENDED; only forwarded"
+                    " requests are updated")
+            rec = self._allocated_draft_lens.get(rid, req.draft_len)
+            new_cap = cache.capacity - max(rec - acc, 0)
+            new_hist = cache.history + 1 + acc
+            if new_hist > new_cap:
+                raise InvariantViolation(
+                    "INV-LEN",
+                    f"update_resources: request {rid} would have history {new_hist} above"
+                    f" capacity {new_cap}; grow it with try_allocate_generation first")
+            plan.append((rid, cache, new_cap, new_hist))
+        for rid, cache, new_cap, new_hist in plan:
+            self._set_capacity(cache, new_cap)
+            cache.history = cache.committed = new_hist
+            self._allocated_draft_lens.pop(rid, None)
+
+    # ------------------------------------------------------------------------------------
+    # victims, tiers, end of life
+
+    def suspend_request(self, req: LlmRequest) -> None:
+        """Models TRT ``suspend_request`` on a scheduler victim: SUSPENDED, nothing freed.
+
+        With a host tier the cache's GPU pages become evictable. O(1).
+
+        Raises:
+            ProtocolError: no cache, or the cache is already SUSPENDED.
+        """
+        cache = self._cache(req, "suspend_request")
+        if cache.status != ACTIVE:
+            raise ProtocolError(
+                f"suspend_request: request {req.request_id}'s cache is already SUSPENDED;"
+                " suspend only ACTIVE victims")
+        self._suspend(cache)
+
+    def resume_request(self, req: LlmRequest) -> bool:
+        """Models TRT ``resume_request``: the gated resume of a SUSPENDED cache.
+
+        Returns:
+            Whether the cache is ACTIVE now; a refusal changes nothing.
+
+        Raises:
+            ProtocolError: no cache, or the cache is ACTIVE.
+        """
+        cache = self._cache(req, "resume_request")
+        if cache.status != SUSPENDED:
+            raise ProtocolError(
+                f"resume_request: request {req.request_id}'s cache is already ACTIVE")
+        return self._resume(cache)
+
+    def evict_to_host(self, req: LlmRequest) -> bool:
+        """Demote a SUSPENDED cache's GPU pages to the host tier (copy, then free on GPU).
+
+        Cost: O(pages). Effect: ``num_free_gpu_pages`` grows and ``num_free_host_pages``
+        drops by the cache's page count; the page table now lists host page ids.
+
+        Returns:
+            False (nothing changed) when the host tier lacks free pages.
+
+        Raises:
+            ProtocolError: no host tier, no cache, an ACTIVE cache, or one already on host.
+        """
+        if not self.policy.host_tier:
+            raise ProtocolError(
+                f"evict_to_host: policy {self.policy.name!r} has no host tier; suspended"
+                " caches stay on GPU (enable host_tier)")
+        cache = self._cache(req, "evict_to_host")
+        if cache.status != SUSPENDED:
+            raise ProtocolError(
+                f"evict_to_host: request {req.request_id}'s cache is ACTIVE; suspend it first")
+        if cache.on_host:
+            raise ProtocolError(
+                f"evict_to_host: request {req.request_id}'s cache is already on the host")
+        n = len(cache.pages)
+        if self._host.num_free_pages < n:
+            return False
+        gpu_pages = cache.pages
+        cache.pages = self._host.allocate_n(n)
+        self._gpu.free_n(gpu_pages)
+        cache.on_host = True
+        self._num_suspended_gpu_pages -= n
+        return True
+
+    def free_resources(self, req: LlmRequest) -> None:
+        """Models TRT ``free_resources``: close the cache and forget the draft record.
+
+        Pages return to the tier they are in. O(pages). ``req.state`` is the caller's to
+        change (finished requests become GENERATION_COMPLETE; a recompute-paused victim is
+        rewound by the executor).
+
+        Raises:
+            ProtocolError: no cache (a double free).
+        """
+        cache = self._cache(req, "free_resources")
+        self._release(req.request_id, cache)
+
+    # ------------------------------------------------------------------------------------
+    # observations
+
+    def _get(self, rid: int) -> KVCache:
+        cache = self._caches.get(rid)
+        if cache is None:
+            raise ProtocolError(f"request {rid!r} has no KV cache; check has_cache first")
+        return cache
+
+    def has_cache(self, rid: int) -> bool:
+        """Whether request ``rid`` holds a cache."""
+        return rid in self._caches
+
+    def get_capacity(self, rid: int) -> int:
+        """Capacity in tokens. Raises ProtocolError when there is no cache."""
+        return self._get(rid).capacity
+
+    def get_history(self, rid: int) -> int:
+        """History length in tokens. Raises ProtocolError when there is no cache."""
+        return self._get(rid).history
+
+    def get_committed(self, rid: int) -> int:
+        """Committed tokens. Raises ProtocolError when there is no cache."""
+        return self._get(rid).committed
+
+    def get_status(self, rid: int) -> CacheStatus:
+        """ACTIVE or SUSPENDED. Raises ProtocolError when there is no cache."""
+        return self._get(rid).status
+
+    def is_never_resumed(self, rid: int) -> bool:
+        """Whether the cache was never resumed. Raises ProtocolError when there is no cache."""
+        return self._get(rid).never_resumed
+
+    def is_on_host(self, rid: int) -> bool:
+        """Whether the cache's pages are in the host tier. Raises when there is no cache."""
+        return self._get(rid).on_host
+
+    def get_page_table(self, rid: int) -> tuple[int, ...]:
+        """Page ids (host ids when on host), len == ceil(capacity / tokens_per_block)."""
+        return tuple(self._get(rid).pages)
+
+    def get_draft_record(self, rid: int) -> int | None:
+        """``_allocated_draft_lens[rid]``, or None."""
+        return self._allocated_draft_lens.get(rid)
+
+    def request_ids(self) -> tuple[int, ...]:
+        """Ids of the requests holding a cache, sorted."""
+        return tuple(sorted(self._caches))
+
+    @property
+    def num_free_gpu_pages(self) -> int:
+        """Free GPU pages (page 0 excluded). O(1)."""
+        return self._gpu.num_free_pages
+
+    @property
+    def num_free_host_pages(self) -> int:
+        """Free host-tier pages. O(1)."""
+        return self._host.num_free_pages
+
+    @property
+    def num_evictable_gpu_pages(self) -> int:
+        """GPU pages of SUSPENDED caches when a host tier exists, else 0. O(1)."""
+        return self._num_suspended_gpu_pages if self.policy.host_tier else 0
+
+    def get_page_state(self, page_id: int) -> PageState:
+        """State of GPU page ``page_id`` (1..G). O(held pages); for tests and debugging."""
+        if not 1 <= page_id <= self._gpu.num_pages:
+            raise InvalidArgument(
+                f"get_page_state: page_id={page_id} is outside 1..{self._gpu.num_pages}")
+        for cache in self._caches.values():
+            if not cache.on_host and page_id in cache.pages:
+                evictable = cache.status == SUSPENDED and self.policy.host_tier
+                return PageState.EVICTABLE if evictable else PageState.HELD
+        return PageState.FREE
+
+    def check_integrity(self) -> None:
+        """Verify every structural invariant; see :func:`integrity.check_integrity`."""
+        check_integrity(self.config, self._gpu, self._host, self._caches,
+                        self._num_suspended_gpu_pages)
+
+    def snapshot_state(self) -> StateSnapshot:
+        """A deep, comparable value of the whole manager state (free lists in order)."""
+        return (
+            self._gpu.get_free_pages(),
+            self._host.get_free_pages(),
+            tuple((rid, c.as_tuple()) for rid, c in sorted(self._caches.items())),
+            tuple(sorted(self._allocated_draft_lens.items())),
+            self._num_suspended_gpu_pages,
+        )
