@@ -1,0 +1,143 @@
+"""Context-phase operations, batched: resize_context, revert_allocate_context and
+update_context_resources (models TRT-LLM KVCacheManagerV2's methods of the same names).
+
+Each function handles a whole iteration's requests with a fixed number of tensor ops (the page
+pool's fit may add rounds only when the pool runs out, see :meth:`PagePool.fit`) and equals the
+single-request operation applied to the requests in list order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kvspec.errors import InvalidArgument, InvariantViolation
+
+from .core import ManagerCore
+from .requests import SUSPENDED, RequestLike
+
+
+def resize_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
+                         num_tokens: Sequence[int]) -> list[bool]:
+    """Grows each context cache to ``max(cap, pos + num_tokens)``, all-or-nothing per request.
+
+    Effect per request (docs/protocol.md ``resize_context``): success sets capacity and writes
+    ``py_ctx_pre_resize_cap`` = old capacity if it grew, else None; failure (not enough free GPU
+    pages left after the requests before it, or a row wider than the page table) suspends the
+    cache when ``pos == 0`` and clears the snapshot iff ``clear_snapshot_on_failure``.
+
+    Cost: one H2D copy of 12 B per request, ~25 tensor ops + the pool's fit rounds, one read of
+    2 int64 per request. Raises (state unchanged): ProtocolError (unknown request, missing or
+    SUSPENDED cache), InvalidArgument (negative or mismatched ``num_tokens``).
+    """
+    ids = m.ids(reqs)
+    if len(num_tokens) != len(ids):
+        raise InvalidArgument(f"{len(num_tokens)} num_tokens for {len(ids)} requests")
+    if any(n < 0 for n in num_tokens):
+        raise InvalidArgument(f"num_tokens {list(num_tokens)[:5]!r} must be >= 0")
+    pos_list = [r.context_current_position for r in reqs]
+    if any(p < 0 for p in pos_list):
+        raise InvalidArgument("context_current_position must be >= 0")
+    if not ids:
+        return []
+    args = m.transfer.columns(ids, pos_list, num_tokens)
+    rows, pos, n = args[0], args[1], args[2]
+    m.require(rows, m.active(rows), ids, "resize_context needs an ACTIVE cache "
+              "(call prepare_context first)")
+    cap = m.cache.capacity[rows]
+    new = torch.maximum(cap, pos + n)
+    new_blocks = m.blocks(new)
+    ok = m.gpu.fit(new_blocks - m.gpu.count[rows], new_blocks <= m.width)
+    m.gpu.grow(rows[ok], new_blocks[ok])
+    m.cache.capacity[rows[ok]] = new[ok]
+    m.cache.status[rows[~ok & (pos == 0)]] = SUSPENDED
+    snap = torch.where(ok & (new > cap), cap, -1)
+    out = m.transfer.to_host(torch.cat([ok.long(), snap]))
+    k = len(ids)
+    clear = m.policy.clear_snapshot_on_failure
+    for r, good, s in zip(reqs, out[:k], out[k:], strict=True):
+        if good:
+            r.py_ctx_pre_resize_cap = s if s >= 0 else None
+        elif clear:
+            r.py_ctx_pre_resize_cap = None
+    return [bool(g) for g in out[:k]]
+
+
+def revert_allocate_context_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> list[bool]:
+    """Gives back this iteration's context growth (TRT ``revert_allocate_context``).
+
+    Per request: pre := snapshot, snapshot := None. None, no cache, not ACTIVE or pre >= cap ->
+    True. history > pre -> FREE branch (pages released, cache gone, pos rewound to 0) -> False.
+    Otherwise SHRINK: capacity := pre (history unchanged), suspended iff pre > 0 -> True.
+
+    Cost: one H2D copy of 8 B per request, ~30 tensor ops, one read of 1 int64 per request.
+    Raises (nothing mutated, snapshots kept): InvariantViolation("SWA-REWIND") when the policy
+    has ``swa_scratch_reuse`` and a SHRINK would start from ``cap - max_rewind_len > history``;
+    ProtocolError for an unknown request; InvalidArgument for a negative snapshot.
+    """
+    ids = m.ids(reqs)
+    snaps = [r.py_ctx_pre_resize_cap for r in reqs]
+    if any(s is not None and s < 0 for s in snaps):
+        raise InvalidArgument(f"py_ctx_pre_resize_cap {snaps[:5]!r} must be None or >= 0")
+    pre_list = [-1 if s is None else s for s in snaps]
+    if not ids:
+        return []
+    args = m.transfer.columns(ids, pre_list)
+    rows, pre = args[0], args[1]
+    cap = m.cache.capacity[rows]
+    hist = m.cache.history[rows]
+    due = (pre >= 0) & m.active(rows) & (pre < cap)
+    free_branch = due & (hist > pre)
+    shrink = due & ~free_branch
+    if m.policy.swa_scratch_reuse:
+        bad = shrink & (cap - m.config.max_rewind_len > hist)
+        if bool(bad.any().item()):
+            flags = m.transfer.to_host(bad)
+            rid = next(i for i, b in zip(ids, flags, strict=True) if b)
+            raise InvariantViolation(
+                "SWA-REWIND", f"request {rid}: shrinking a context cache under SWA scratch "
+                f"reuse needs capacity - max_rewind_len ({m.config.max_rewind_len}) <= history; "
+                "nothing was changed")
+    m.gpu.shrink(rows[due], torch.where(free_branch, 0, m.blocks(pre))[due])
+    m.cache.capacity[rows[shrink]] = pre[shrink]
+    m.cache.status[rows[shrink & (pre > 0)]] = SUSPENDED
+    m.cache.clear(rows[free_branch])
+    freed = m.transfer.to_host(free_branch)
+    for r, f in zip(reqs, freed, strict=True):
+        r.py_ctx_pre_resize_cap = None
+        if f:
+            r.context_current_position = 0
+    return [not f for f in freed]
+
+
+def update_context_resources(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
+    """Sets history = committed = pos for forwarded context requests (caller advanced pos).
+
+    Cost: one H2D copy of 8 B per request, ~10 tensor ops. Raises ProtocolError (nothing
+    changed) for a missing or SUSPENDED cache, or a pos below history or above capacity.
+    """
+    ids = m.ids(reqs)
+    if not ids:
+        return
+    args = m.transfer.columns(ids, [r.context_current_position for r in reqs])
+    rows, pos = args[0], args[1]
+    c = m.cache
+    ok = m.active(rows) & (pos >= c.history[rows]) & (pos <= c.capacity[rows])
+    m.require(rows, ok, ids, "update_context_resources needs an ACTIVE cache with "
+              "history <= pos <= capacity")
+    c.history[rows] = pos
+    c.committed[rows] = pos
+
+
+def suspend_request_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
+    """Suspends ACTIVE caches (scheduler victims); nothing is freed. Cost: ~5 tensor ops.
+
+    Raises ProtocolError (nothing changed) for a missing or already SUSPENDED cache.
+    """
+    ids = m.ids(reqs)
+    if not ids:
+        return
+    rows = m.transfer.columns(ids)[0]
+    m.require(rows, m.active(rows), ids, "suspend_request needs an ACTIVE cache")
+    m.cache.status[rows] = SUSPENDED

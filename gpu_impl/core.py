@@ -1,0 +1,108 @@
+"""The torch manager's state (cache fields, two page pools, KV data) and the argument checks
+every operation shares. Operations live in :mod:`context_ops`, :mod:`generation_ops` and
+:mod:`tiering`; the public class is :class:`kvspec.gpu_impl.manager.Manager`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kvspec.config import Config
+from kvspec.errors import InvalidArgument, ProtocolError
+from kvspec.policy import Policy
+
+from .kv_store import KVStore
+from .pages import PagePool
+from .requests import ACTIVE, CacheState, RequestLike
+from .transfer import Transfer
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ManagerCore:
+    """State of one torch KV-cache manager.
+
+    Attributes:
+        cache: per-row fields (:class:`CacheState`) on ``device``.
+        gpu: GPU-tier :class:`PagePool` on ``device`` (the persistent device page table).
+        host: host-tier :class:`PagePool` on the CPU (0 pages when the policy has no host tier).
+        kv: KV data pools. transfer: H2D/D2H byte counters.
+    """
+
+    def __init__(self, config: Config, policy: Policy, *, device: str | torch.device | None = None,
+                 kv_width: int = 4, max_pages_per_request: int | None = None) -> None:
+        if kv_width < 1:
+            raise InvalidArgument(f"kv_width={kv_width!r} must be >= 1")
+        width = max(1, config.num_gpu_pages) if max_pages_per_request is None \
+            else max_pages_per_request
+        if width < 1:
+            raise InvalidArgument(f"max_pages_per_request={width!r} must be >= 1")
+        self.config = config
+        self.policy = policy
+        self.device = torch.device(device) if device is not None else default_device()
+        self.block = config.tokens_per_block
+        self.num_rows = config.num_requests
+        self.width = width
+        self.transfer = Transfer(self.device)
+        self.cache = CacheState(self.num_rows, self.device)
+        self.gpu = PagePool(config.num_gpu_pages, self.num_rows, width, self.device)
+        host_pages = config.num_host_pages if policy.host_tier else 0
+        self.host = PagePool(host_pages, self.num_rows, width, torch.device("cpu"))
+        self.kv = KVStore(config.num_gpu_pages, host_pages, self.block, kv_width, self.device,
+                          self.transfer)
+
+    # ---- helpers shared by the operations -------------------------------------------------
+
+    def blocks(self, capacity: torch.Tensor) -> torch.Tensor:
+        """ceil(capacity / B) elementwise (2 ops)."""
+        return torch.div(capacity + (self.block - 1), self.block, rounding_mode="floor")
+
+    def ids(self, reqs: Sequence[RequestLike]) -> list[int]:
+        """The request ids of ``reqs``, validated (host only, no tensor op).
+
+        Raises:
+            ProtocolError: an id that is not a slot ``0..num_requests-1``.
+            InvalidArgument: the same request twice in one batch.
+        """
+        ids = [r.request_id for r in reqs]
+        if not all(type(x) is int for x in ids) or (
+                ids and (min(ids) < 0 or max(ids) >= self.num_rows)):
+            bad = [x for x in ids if type(x) is not int or not 0 <= x < self.num_rows]
+            raise ProtocolError(
+                f"unknown request id(s) {bad[:5]!r}: a request_id must be a slot in "
+                f"0..{self.num_rows - 1} (Config.num_requests={self.num_rows})")
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument(
+                "a request appears twice in one batch; pass each request once per call")
+        return ids
+
+    def row_id(self, rid: object) -> int:
+        """Validates one request id used by an observation."""
+        if type(rid) is not int or not 0 <= rid < self.num_rows:
+            raise ProtocolError(
+                f"unknown request id {rid!r}: a request_id must be a slot in "
+                f"0..{self.num_rows - 1}")
+        return rid
+
+    def require(self, rows: torch.Tensor, ok: torch.Tensor, ids: Sequence[int],
+                what: str) -> None:
+        """Raises :class:`ProtocolError` naming the requests where ``ok`` is False.
+
+        Cost: one device read of a bool; state is never touched.
+        """
+        if ok.numel() and not bool(ok.all().item()):
+            flags = self.transfer.to_host(ok)
+            bad = [rid for rid, good in zip(ids, flags, strict=True) if not good]
+            raise ProtocolError(f"request(s) {bad[:5]!r}: {what}; state left unchanged")
+
+    def active(self, rows: torch.Tensor) -> torch.Tensor:
+        """bool: the row holds an ACTIVE cache (3 ops)."""
+        return self.cache.has_cache[rows] & (self.cache.status[rows] == ACTIVE)
+
+    def one(self, rid: int) -> torch.Tensor:
+        """A one-element int64 row tensor built on the device (no host->device copy)."""
+        return torch.full((1,), rid, dtype=torch.int64, device=self.device)

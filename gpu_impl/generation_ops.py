@@ -1,0 +1,150 @@
+"""Generation-phase operations, batched: try_allocate_generation, revert_allocate_generation,
+update_resources and free_resources (models TRT-LLM KVCacheManagerV2's methods).
+
+Each equals the single-request operation applied in list order; the tensor-op count does not
+depend on the number of requests or pages (see each docstring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kvspec.errors import InvalidArgument
+
+from .core import ManagerCore
+from .requests import NO_RECORD, SUSPENDED, RequestLike
+from .tiering import resume_row
+
+
+def try_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> list[bool]:
+    """Grows each generation cache by 1 + draft_len tokens, all-or-nothing per request.
+
+    Per request: a SUSPENDED cache is resumed first (refusal -> False, nothing changed); the old
+    draft record is dropped (recorded as draft_len before the resize under
+    ``draft_record_before_resize``); capacity := cap + 1 + draft_len if the pages left after the
+    requests before it suffice, then the record := draft_len. A resumed cache stays ACTIVE.
+
+    Cost: one H2D copy of 8 B per request, one read of the statuses, ~20 tensor ops + fit
+    rounds when every cache is ACTIVE (the hot path). SUSPENDED requests split the batch: each
+    is resumed and grown alone, between vectorized runs of ACTIVE ones.
+    Raises ProtocolError (nothing changed) for an unknown request or a missing cache;
+    InvalidArgument for a negative draft_len.
+    """
+    ids = m.ids(reqs)
+    drafts = [r.draft_len for r in reqs]
+    if any(d < 0 for d in drafts):
+        raise InvalidArgument(f"draft_len {drafts[:5]!r} must be >= 0")
+    if not ids:
+        return []
+    args = m.transfer.columns(ids, drafts)
+    rows, d = args[0], args[1]
+    m.require(rows, m.cache.has_cache[rows], ids,
+              "try_allocate_generation needs a cache (was it freed?)")
+    susp = m.transfer.to_host(m.cache.status[rows] == SUSPENDED)
+    if not any(susp):
+        return _grow_generation(m, rows, d)
+    out: list[bool] = []
+    start = 0
+    for i, s in enumerate(susp + [1]):
+        if not s:
+            continue
+        if i > start:
+            out += _grow_generation(m, rows[start:i], d[start:i])
+        if i < len(ids):
+            out += _grow_generation(m, rows[i:i + 1], d[i:i + 1]) if resume_row(m, ids[i]) \
+                else [False]
+        start = i + 1
+    return out
+
+
+def _grow_generation(m: ManagerCore, rows: torch.Tensor, d: torch.Tensor) -> list[bool]:
+    """The vectorized core of try_allocate_generation for ACTIVE rows (~20 ops + fit rounds)."""
+    c = m.cache
+    c.draft_record[rows] = d if m.policy.draft_record_before_resize else NO_RECORD
+    new = c.capacity[rows] + 1 + d
+    new_blocks = m.blocks(new)
+    ok = m.gpu.fit(new_blocks - m.gpu.count[rows], new_blocks <= m.width)
+    grown = rows[ok]
+    m.gpu.grow(grown, new_blocks[ok])
+    c.capacity[grown] = new[ok]
+    c.draft_record[grown] = d[ok]
+    return [bool(v) for v in m.transfer.to_host(ok)]
+
+
+def revert_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
+    """Gives back this iteration's generation growth (TRT ``revert_allocate_generation``).
+
+    Per request: pop the draft record; None, no cache, not ACTIVE, or target = cap - 1 - record
+    negative -> no-op; else capacity := target and the pages past blocks(target) are released.
+    Cost: one H2D copy of 4 B per request, ~20 tensor ops, one device read.
+    Raises ProtocolError (nothing changed) for an unknown request or a target below history.
+    """
+    ids = m.ids(reqs)
+    if not ids:
+        return
+    rows = m.transfer.columns(ids)[0]
+    c = m.cache
+    rec = c.draft_record[rows]
+    target = c.capacity[rows] - 1 - rec
+    due = (rec >= 0) & m.active(rows) & (target >= 0)
+    m.require(rows, ~due | (target >= c.history[rows]), ids,
+              "revert_allocate_generation would shrink below history (record from an "
+              "earlier iteration?)")
+    c.draft_record[rows] = NO_RECORD
+    m.gpu.shrink(rows[due], m.blocks(target)[due])
+    c.capacity[rows[due]] = target[due]
+
+
+def update_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike],
+                           accepted: Sequence[int]) -> None:
+    """Commits forwarded generation tokens and trims rejected drafts (TRT ``update_resources``).
+
+    Per request: rewind = max(record - accepted, 0) (record None -> draft_len);
+    capacity -= rewind (pages released); history += 1 + accepted; committed = history;
+    record := None. Cost: one H2D copy of 12 B per request, ~25 tensor ops.
+    Raises (nothing changed): InvalidArgument for accepted outside [0, draft_len];
+    ProtocolError for a missing or SUSPENDED cache or a history that would pass capacity.
+    """
+    ids = m.ids(reqs)
+    if len(accepted) != len(ids):
+        raise InvalidArgument(f"{len(accepted)} accepted counts for {len(ids)} requests")
+    drafts = [r.draft_len for r in reqs]
+    if any(not 0 <= a <= dl for a, dl in zip(accepted, drafts, strict=True)):
+        raise InvalidArgument("accepted must be in [0, draft_len] for every request")
+    if not ids:
+        return
+    args = m.transfer.columns(ids, accepted, drafts)
+    rows, acc, d = args[0], args[1], args[2]
+    c = m.cache
+    rec = c.draft_record[rows]
+    rewind = torch.clamp(torch.where(rec >= 0, rec, d) - acc, min=0)
+    new_cap = c.capacity[rows] - rewind
+    new_hist = c.history[rows] + 1 + acc
+    m.require(rows, m.active(rows) & (new_hist <= new_cap), ids,
+              "update_resources needs an ACTIVE cache grown for this step "
+              "(history + 1 + accepted <= capacity after the rewind)")
+    m.gpu.shrink(rows, m.blocks(new_cap))
+    c.capacity[rows] = new_cap
+    c.history[rows] = new_hist
+    c.committed[rows] = new_hist
+    c.draft_record[rows] = NO_RECORD
+
+
+def free_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
+    """Releases finished requests' caches from whichever tier holds them; slots become empty.
+
+    Cost: one H2D copy of 4 B per request, ~30 tensor ops (GPU pool shrink, host pool shrink,
+    row reset). Raises ProtocolError (nothing changed) when a cache is missing (double free).
+    """
+    ids = m.ids(reqs)
+    if not ids:
+        return
+    rows = m.transfer.columns(ids)[0]
+    m.require(rows, m.cache.has_cache[rows], ids, "free_resources of a request without a cache "
+              "(double free?)")
+    m.gpu.shrink(rows, torch.zeros_like(rows))
+    host_rows = torch.tensor(ids, dtype=torch.int64)
+    m.host.shrink(host_rows, torch.zeros_like(host_rows))
+    m.cache.clear(rows)

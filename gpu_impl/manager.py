@@ -1,0 +1,218 @@
+"""The public torch KV-cache manager: TRT-LLM KVCacheManagerV2's per-request capacity protocol
+(docs/protocol.md) over device tensors, with batched forms of the per-iteration operations.
+
+Single-request calls are the batch of one, so batched and sequential runs are the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kvspec.config import Config
+from kvspec.errors import InvalidArgument
+from kvspec.policy import Policy
+
+from . import context_ops, generation_ops, integrity, tiering
+from .core import ManagerCore
+from .pages import expand
+from .requests import NO_RECORD, RequestLike
+
+
+class Manager(ManagerCore):
+    """Torch implementation of the kvspec manager API (same API as the CPU reference).
+
+    Args:
+        config: sizes (pages, requests, tokens per block, resume gate, SWA rewind bound).
+        policy: protocol switches used here: ``clear_snapshot_on_failure``,
+            ``swa_scratch_reuse``, ``host_tier``, ``draft_record_before_resize``.
+        device: torch device for the state and KV pool; None -> CUDA if available else CPU.
+        kv_width: floats per token in the KV data pools.
+        max_pages_per_request: page-table width (default num_gpu_pages, which never limits a
+            request). NOTE: with a smaller width, a growth past it fails like an exhausted pool.
+
+    Request ids are slots ``0..num_requests-1`` (the page-table row). Batches are processed
+    in list order; each request is all-or-nothing; a batch that raises changes nothing.
+    """
+
+    def __init__(self, config: Config, policy: Policy, *, device: str | torch.device | None = None,
+                 kv_width: int = 4, max_pages_per_request: int | None = None) -> None:
+        super().__init__(config, policy, device=device, kv_width=kv_width,
+                         max_pages_per_request=max_pages_per_request)
+
+    # ---- protocol, single request (the batch of one) ---------------------------------------
+
+    def prepare_context(self, req: RequestLike) -> bool:
+        """See :func:`tiering.prepare_context`."""
+        return tiering.prepare_context(self, req)
+
+    def resize_context(self, req: RequestLike, num_tokens: int) -> bool:
+        """Grows capacity to ``pos + num_tokens`` (the caller adds draft_len on the last chunk).
+        See :func:`context_ops.resize_context_batch`."""
+        return context_ops.resize_context_batch(self, [req], [num_tokens])[0]
+
+    def revert_allocate_context(self, req: RequestLike) -> bool:
+        """See :func:`context_ops.revert_allocate_context_batch`."""
+        return context_ops.revert_allocate_context_batch(self, [req])[0]
+
+    def try_allocate_generation(self, req: RequestLike) -> bool:
+        """See :func:`generation_ops.try_allocate_generation_batch`."""
+        return generation_ops.try_allocate_generation_batch(self, [req])[0]
+
+    def revert_allocate_generation(self, req: RequestLike) -> None:
+        """See :func:`generation_ops.revert_allocate_generation_batch`."""
+        generation_ops.revert_allocate_generation_batch(self, [req])
+
+    def update_context_resources(self, reqs: Sequence[RequestLike]) -> None:
+        """history = committed = pos for forwarded context requests (already batched)."""
+        context_ops.update_context_resources(self, reqs)
+
+    def update_resources(self, reqs: Sequence[RequestLike], accepted: Sequence[int]) -> None:
+        """Trims forwarded generation requests (already batched).
+        See :func:`generation_ops.update_resources_batch`."""
+        generation_ops.update_resources_batch(self, reqs, accepted)
+
+    def suspend_request(self, req: RequestLike) -> None:
+        """Suspends an ACTIVE cache; nothing is freed."""
+        context_ops.suspend_request_batch(self, [req])
+
+    def resume_request(self, req: RequestLike) -> bool:
+        """See :func:`tiering.resume_request`."""
+        return tiering.resume_request(self, req)
+
+    def evict_to_host(self, req: RequestLike) -> bool:
+        """See :func:`tiering.evict_to_host`."""
+        return tiering.evict_to_host(self, req)
+
+    def free_resources(self, req: RequestLike) -> None:
+        """See :func:`generation_ops.free_resources_batch`."""
+        generation_ops.free_resources_batch(self, [req])
+
+    # ---- protocol, batched ------------------------------------------------------------------
+
+    def resize_context_batch(self, reqs: Sequence[RequestLike],
+                             num_tokens: Sequence[int]) -> list[bool]:
+        """Batched :meth:`resize_context` (list order, each request all-or-nothing)."""
+        return context_ops.resize_context_batch(self, reqs, num_tokens)
+
+    def revert_allocate_context_batch(self, reqs: Sequence[RequestLike]) -> list[bool]:
+        """Batched :meth:`revert_allocate_context`."""
+        return context_ops.revert_allocate_context_batch(self, reqs)
+
+    def try_allocate_generation_batch(self, reqs: Sequence[RequestLike]) -> list[bool]:
+        """Batched :meth:`try_allocate_generation`."""
+        return generation_ops.try_allocate_generation_batch(self, reqs)
+
+    def revert_allocate_generation_batch(self, reqs: Sequence[RequestLike]) -> None:
+        """Batched :meth:`revert_allocate_generation`."""
+        generation_ops.revert_allocate_generation_batch(self, reqs)
+
+    def update_resources_batch(self, reqs: Sequence[RequestLike],
+                               accepted: Sequence[int]) -> None:
+        """Batched :meth:`update_resources` (same as it)."""
+        generation_ops.update_resources_batch(self, reqs, accepted)
+
+    def suspend_request_batch(self, reqs: Sequence[RequestLike]) -> None:
+        """Batched :meth:`suspend_request`."""
+        context_ops.suspend_request_batch(self, reqs)
+
+    def free_resources_batch(self, reqs: Sequence[RequestLike]) -> None:
+        """Batched :meth:`free_resources`."""
+        generation_ops.free_resources_batch(self, reqs)
+
+    # ---- KV data ----------------------------------------------------------------------------
+
+    def forward_write(self, reqs: Sequence[RequestLike], start_pos: Sequence[int],
+                      num_tokens: Sequence[int]) -> None:
+        """Writes :func:`kv_store.token_value` for tokens [start, start + n) of each request
+        into its GPU slots (slot mapping computed on the device).
+
+        Cost: one H2D copy of 12 B per request, ~15 tensor ops, one scatter of the tokens.
+        Raises (nothing written): ProtocolError when a cache is missing or SUSPENDED or the
+        tokens pass its capacity; InvalidArgument for negative or mismatched arguments.
+        """
+        ids = self.ids(reqs)
+        if len(start_pos) != len(ids) or len(num_tokens) != len(ids):
+            raise InvalidArgument("forward_write needs one start_pos and num_tokens per request")
+        if any(s < 0 for s in start_pos) or any(n < 0 for n in num_tokens):
+            raise InvalidArgument("start_pos and num_tokens must be >= 0")
+        if not ids:
+            return
+        args = self.transfer.columns(ids, start_pos, num_tokens)
+        rows, start, n = args[0], args[1], args[2]
+        self.require(rows, self.active(rows) & (start + n <= self.cache.capacity[rows]), ids,
+                     "forward_write needs an ACTIVE cache with start + n <= capacity")
+        seg, j, _ = expand(n)
+        self.kv.write(self.gpu.table, rows[seg], rows[seg], start[seg] + j)
+
+    def read_kv(self, rid: int) -> torch.Tensor:
+        """The KV of the first ``history`` tokens of ``rid``, read through its page table from
+        whichever tier holds it: float32 [history, kv_width] (on that tier's device)."""
+        row = self.row_id(rid)
+        if not self.has_cache(row):
+            return torch.zeros((0, self.kv.width), dtype=torch.float32)
+        on_host = self.is_on_host(row)
+        table = self.host.table if on_host else self.gpu.table
+        return self.kv.read(table, row, self.get_history(row), on_host)
+
+    # ---- observations -----------------------------------------------------------------------
+
+    def has_cache(self, rid: int) -> bool:
+        """Whether slot ``rid`` holds a cache."""
+        return bool(self.cache.has_cache[self.row_id(rid)].item())
+
+    def get_capacity(self, rid: int) -> int:
+        """Capacity in tokens (0 for an empty slot)."""
+        return int(self.cache.capacity[self.row_id(rid)].item())
+
+    def get_history(self, rid: int) -> int:
+        """History length in tokens (0 for an empty slot)."""
+        return int(self.cache.history[self.row_id(rid)].item())
+
+    def get_committed(self, rid: int) -> int:
+        """Committed tokens (0 for an empty slot)."""
+        return int(self.cache.committed[self.row_id(rid)].item())
+
+    def get_status(self, rid: int) -> int:
+        """0 ACTIVE, 1 SUSPENDED (an empty slot reads SUSPENDED, as in the model)."""
+        return int(self.cache.status[self.row_id(rid)].item())
+
+    def is_on_host(self, rid: int) -> bool:
+        """Whether the cache's pages are in the host tier."""
+        return bool(self.cache.on_host[self.row_id(rid)].item())
+
+    def is_never_resumed(self, rid: int) -> bool:
+        """Whether the cache was created and never resumed."""
+        return bool(self.cache.never_resumed[self.row_id(rid)].item())
+
+    def get_draft_record(self, rid: int) -> int | None:
+        """``_allocated_draft_lens[rid]``: None or the draft length granted."""
+        v = int(self.cache.draft_record[self.row_id(rid)].item())
+        return None if v == NO_RECORD else v
+
+    def get_page_table(self, rid: int) -> list[int]:
+        """Page ids of the cache in the tier holding it (host ids when on the host)."""
+        row = self.row_id(rid)
+        return self.host.row(row) if self.is_on_host(row) else self.gpu.row(row)
+
+    def num_free_gpu_pages(self) -> int:
+        """Free GPU pages (a host-side counter; no device read)."""
+        return self.gpu.free
+
+    def num_free_host_pages(self) -> int:
+        """Free host-tier pages (0 when the policy has no host tier)."""
+        return self.host.free
+
+    @property
+    def h2d_bytes(self) -> int:
+        """Control bytes shipped host->device so far (argument columns only)."""
+        return self.transfer.h2d_bytes
+
+    def check_integrity(self) -> None:
+        """See :func:`integrity.check_integrity`."""
+        integrity.check_integrity(self)
+
+    def snapshot_state(self) -> tuple[object, ...]:
+        """See :func:`integrity.snapshot_state`."""
+        return integrity.snapshot_state(self)

@@ -1,0 +1,161 @@
+"""One tier's page pool: a persistent page table, per-row page counts, a free-page stack and an
+owner map, all tensors on one device, with batched grow/shrink that ship no page ids.
+
+The same class serves the GPU tier (tensors on the manager's device) and the host tier (CPU
+tensors). Page 0 is the null page: never allocated, written into every table entry past a row's
+count so that padded readers see a harmless page.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NULL_PAGE = 0
+FREE_OWNER = -1
+NULL_OWNER = -2
+
+
+def expand(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flattens per-segment counts into (segment id, index within segment) per element.
+
+    Args:
+        k: int64 [n] non-negative counts.
+
+    Returns:
+        ``(seg, j, excl)``: int64 [sum k] segment of each element, int64 [sum k] index of the
+        element inside its segment, int64 [n] exclusive prefix sum of ``k``.
+
+    Cost: 5 tensor ops, independent of n and of sum k (a device sync on CUDA to size the output).
+    """
+    excl = torch.cumsum(k, 0) - k
+    seg = torch.repeat_interleave(torch.arange(k.numel(), device=k.device), k)
+    j = torch.arange(seg.numel(), device=k.device) - excl[seg]
+    return seg, j, excl
+
+
+class PagePool:
+    """Pages ``1..num_pages`` of one tier and the table rows that own them.
+
+    State:
+        table: int32 [num_rows, width], entries ``[:count[row]]`` are the row's pages in order,
+            the rest are :data:`NULL_PAGE`.
+        count: int64 [num_rows] pages per row in this tier.
+        stack: int32 [num_pages] free pages; ``stack[:free]`` are free, the top is
+            ``stack[free - 1]``. Pops take from the top, pushes go on top.
+        owner: int32 [num_pages + 1] row owning each page, :data:`FREE_OWNER` when free,
+            :data:`NULL_OWNER` for page 0.
+        free: Python int mirror of the stack height (no device read needed to know it).
+
+    Order guarantee: a batched grow pops pages for the rows in the given order, each row taking
+    its pages one by one for increasing columns; a batched shrink pushes each row's released pages
+    from its last column down, rows in the given order. Both equal the same single-row operations
+    applied in that order, so batched and sequential runs produce identical tables and stacks.
+    """
+
+    def __init__(self, num_pages: int, num_rows: int, width: int, device: torch.device,
+                 pin: bool = False) -> None:
+        self.num_pages = num_pages
+        self.width = width
+        self.device = device
+        self.table = torch.zeros((num_rows, width), dtype=torch.int32, device=device)
+        self.count = torch.zeros(num_rows, dtype=torch.int64, device=device)
+        # Initial stack [G, G-1, ..., 1]: the first pops hand out pages 1, 2, 3, ...
+        self.stack = torch.arange(num_pages, 0, -1, dtype=torch.int32, device=device)
+        self.owner = torch.full((num_pages + 1,), FREE_OWNER, dtype=torch.int32, device=device)
+        self.owner[NULL_PAGE] = NULL_OWNER
+        if pin:
+            self.table = self.table.pin_memory()
+            self.stack = self.stack.pin_memory()
+        self.free = num_pages
+
+    def fit(self, need: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+        """Which requests a sequential all-or-nothing allocation in list order would satisfy.
+
+        Request i succeeds iff it is eligible and ``need[i]`` <= pages still free after the
+        successes before it (exactly the single operations applied in order). Computed in
+        rounds of prefix sums: each round accepts every eligible request up to the first one whose
+        prefix sum exceeds the free count, rejects that one and every later one needing more than
+        what is left. Rounds: 1 when everything fits; otherwise at most 1 + the number of
+        distinct free levels at which a rejection happens (< 1 + max need), never a function of
+        the number of requests.
+
+        Args:
+            need: int64 [n] pages wanted per request (>= 0).
+            eligible: bool [n] requests that may allocate at all.
+
+        Returns:
+            bool [n] successes. Cost: ~10 tensor ops and one device read per round; no mutation.
+        """
+        ok = torch.zeros_like(eligible)
+        open_ = eligible & (need <= self.free)
+        remaining = self.free
+        idx = torch.arange(need.numel(), device=need.device)
+        big = need.numel()
+        while True:
+            cum = torch.cumsum(torch.where(open_, need, 0), 0)
+            over = open_ & (cum > remaining)
+            first = int(torch.where(over, idx, big).min().item()) if big else big
+            if first == big:
+                return ok | open_
+            before = open_ & (idx < first)
+            ok |= before
+            used = int(cum[first].item()) - int(need[first].item())
+            remaining -= used
+            open_ = open_ & (idx > first) & (need <= remaining)
+
+    def grow(self, rows: torch.Tensor, new_count: torch.Tensor) -> int:
+        """Appends ``new_count - count[rows]`` popped pages to each row (rows in order).
+
+        Precondition (checked by the caller with :meth:`fit`): the sum of growths <= ``free``,
+        new_count >= count and <= width, rows distinct.
+        Cost: ~12 tensor ops for any number of rows/pages; ships nothing host->device.
+        Returns the number of pages popped (reduces ``free`` by it).
+        """
+        old = self.count[rows]
+        seg, j, excl = expand(new_count - old)
+        total = seg.numel()
+        if total:
+            pos = self.free - 1 - excl[seg] - j
+            pages = self.stack[pos]
+            seg_rows = rows[seg]
+            self.table[seg_rows, old[seg] + j] = pages
+            self.owner[pages.long()] = seg_rows.to(torch.int32)
+        self.count[rows] = new_count
+        self.free -= total
+        return total
+
+    def shrink(self, rows: torch.Tensor, new_count: torch.Tensor) -> int:
+        """Releases each row's pages past ``new_count`` onto the stack (last column first).
+
+        Precondition: new_count <= count[rows] and >= 0, rows distinct. Released table entries are
+        reset to the null page and their owners to free. Cost: ~12 tensor ops; ships nothing.
+        Returns the number of pages pushed (increases ``free`` by it).
+        """
+        old = self.count[rows]
+        seg, j, excl = expand(old - new_count)
+        total = seg.numel()
+        if total:
+            seg_rows = rows[seg]
+            cols = old[seg] - 1 - j
+            pages = self.table[seg_rows, cols]
+            self.stack[self.free + excl[seg] + j] = pages
+            self.table[seg_rows, cols] = NULL_PAGE
+            self.owner[pages.long()] = FREE_OWNER
+        self.count[rows] = new_count
+        self.free += total
+        return total
+
+    def pages_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every page of ``rows`` as int64 [sum count], row by row, columns ascending (4 ops)."""
+        seg, j, _ = expand(self.count[rows])
+        return self.table[rows[seg], j].long()
+
+    def row(self, row: int) -> list[int]:
+        """The page ids of one row (one device read of ``count`` entries)."""
+        n = int(self.count[row].item())
+        return [int(p) for p in self.table[row, :n].tolist()]
+
+    def state(self) -> tuple[object, ...]:
+        """A comparable copy of the whole pool: table, counts, free stack, owners."""
+        return (tuple(map(tuple, self.table.tolist())), tuple(self.count.tolist()),
+                tuple(self.stack[: self.free].tolist()), tuple(self.owner.tolist()), self.free)

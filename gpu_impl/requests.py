@@ -1,0 +1,77 @@
+"""Request objects (duck-typed, TRT-LLM LlmRequest field names) and the per-row cache state
+tensors the manager keeps on its device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+ACTIVE, SUSPENDED = 0, 1
+NO_RECORD = -1  # encodes None for the draft record
+
+
+class RequestLike(Protocol):
+    """What the manager reads from a request; it writes ``py_ctx_pre_resize_cap`` (resize and
+    revert) and ``context_current_position`` (the FREE branch of the context revert)."""
+
+    request_id: int
+    prompt_len: int
+    context_chunk_size: int
+    draft_len: int
+    context_current_position: int
+    py_ctx_pre_resize_cap: int | None
+
+
+@dataclass
+class GpuRequest:
+    """A minimal request: slot ``request_id`` in ``0..num_requests-1``."""
+
+    request_id: int
+    prompt_len: int = 1
+    context_chunk_size: int = 1
+    draft_len: int = 0
+    context_current_position: int = 0
+    state: int = 1  # 0 DONE, 1 CONTEXT, 2 GENERATION (the manager never reads it)
+    py_ctx_pre_resize_cap: int | None = None
+
+
+class CacheState:
+    """Per-row cache fields as int64/bool [num_rows] tensors on one device.
+
+    Rows without a cache hold the empty values (capacity 0, SUSPENDED, no record), matching the
+    model's empty slot.
+    """
+
+    def __init__(self, num_rows: int, device: torch.device) -> None:
+        def zeros() -> torch.Tensor:
+            return torch.zeros(num_rows, dtype=torch.int64, device=device)
+
+        def flags() -> torch.Tensor:
+            return torch.zeros(num_rows, dtype=torch.bool, device=device)
+
+        self.capacity = zeros()
+        self.history = zeros()
+        self.committed = zeros()
+        self.status = torch.full((num_rows,), SUSPENDED, dtype=torch.int64, device=device)
+        self.draft_record = torch.full((num_rows,), NO_RECORD, dtype=torch.int64, device=device)
+        self.has_cache = flags()
+        self.on_host = flags()
+        self.never_resumed = flags()
+
+    FIELDS = ("capacity", "history", "committed", "status", "draft_record", "has_cache",
+              "on_host", "never_resumed")
+
+    def clear(self, rows: torch.Tensor) -> None:
+        """Resets ``rows`` to the empty slot (8 scatter ops)."""
+        for name in ("capacity", "history", "committed"):
+            getattr(self, name)[rows] = 0
+        self.status[rows] = SUSPENDED
+        self.draft_record[rows] = NO_RECORD
+        for name in ("has_cache", "on_host", "never_resumed"):
+            getattr(self, name)[rows] = False
+
+    def state(self) -> tuple[tuple[int, ...], ...]:
+        """Every field as a tuple of ints (a comparable copy)."""
+        return tuple(tuple(int(v) for v in getattr(self, f).tolist()) for f in self.FIELDS)
