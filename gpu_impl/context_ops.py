@@ -15,7 +15,7 @@ import torch
 from kvspec.errors import InvalidArgument, InvariantViolation
 
 from .core import ManagerCore
-from .requests import SUSPENDED, RequestLike
+from .requests import CONTEXT, SUSPENDED, RequestLike
 
 
 def resize_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
@@ -71,9 +71,10 @@ def revert_allocate_context_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
     True. history > pre -> FREE branch (pages released, cache gone, pos rewound to 0) -> False.
     Otherwise SHRINK: capacity := pre (history unchanged), suspended iff pre > 0 -> True.
 
-    Cost: one H2D copy of 8 B per request, ~30 tensor ops, one read of 1 int64 per request.
+    Cost: one H2D copy of 12 B per request, ~30 tensor ops, one read of 1 int64 per request.
     Raises (nothing mutated, snapshots kept): InvariantViolation("SWA-REWIND") when the policy
-    has ``swa_scratch_reuse`` and a SHRINK would start from ``cap - max_rewind_len > history``;
+    has ``swa_scratch_reuse`` and a SHRINK of a CONTEXT-phase request would start from
+    ``cap - max_rewind_len > history``;
     ProtocolError for an unknown request; InvalidArgument for a negative snapshot.
     """
     ids = m.ids(reqs)
@@ -83,15 +84,16 @@ def revert_allocate_context_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
     pre_list = [-1 if s is None else s for s in snaps]
     if not ids:
         return []
-    args = m.transfer.columns(ids, pre_list)
-    rows, pre = args[0], args[1]
+    in_context = [int(getattr(r, "state", CONTEXT)) == CONTEXT for r in reqs]
+    args = m.transfer.columns(ids, pre_list, in_context)
+    rows, pre, ctx = args[0], args[1], args[2].bool()
     cap = m.cache.capacity[rows]
     hist = m.cache.history[rows]
     due = (pre >= 0) & m.active(rows) & (pre < cap)
     free_branch = due & (hist > pre)
     shrink = due & ~free_branch
     if m.policy.swa_scratch_reuse:
-        bad = shrink & (cap - m.config.max_rewind_len > hist)
+        bad = shrink & ctx & (cap - m.config.max_rewind_len > hist)
         if bool(bad.any().item()):
             flags = m.transfer.to_host(bad)
             rid = next(i for i, b in zip(ids, flags, strict=True) if b)
@@ -114,8 +116,9 @@ def revert_allocate_context_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
 def update_context_resources(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
     """Sets history = committed = pos for forwarded context requests (caller advanced pos).
 
-    Cost: one H2D copy of 8 B per request, ~10 tensor ops. Raises ProtocolError (nothing
-    changed) for a missing or SUSPENDED cache, or a pos below history or above capacity.
+    Cost: one H2D copy of 8 B per request, ~10 tensor ops. Raises (nothing changed)
+    ProtocolError for a missing or SUSPENDED cache, InvariantViolation("INV-LEN") for a pos
+    below history or above capacity.
     """
     ids = m.ids(reqs)
     if not ids:
@@ -123,9 +126,10 @@ def update_context_resources(m: ManagerCore, reqs: Sequence[RequestLike]) -> Non
     args = m.transfer.columns(ids, [r.context_current_position for r in reqs])
     rows, pos = args[0], args[1]
     c = m.cache
-    ok = m.active(rows) & (pos >= c.history[rows]) & (pos <= c.capacity[rows])
-    m.require(rows, ok, ids, "update_context_resources needs an ACTIVE cache with "
-              "history <= pos <= capacity")
+    m.require(rows, m.active(rows), ids, "update_context_resources needs an ACTIVE cache "
+              "(only forwarded requests are updated)")
+    m.require(rows, (pos >= c.history[rows]) & (pos <= c.capacity[rows]), ids,
+              "update_context_resources needs history <= pos <= capacity", "INV-LEN")
     c.history[rows] = pos
     c.committed[rows] = pos
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from kvspec.config import Config
-from kvspec.errors import InvalidArgument, ProtocolError
+from kvspec.errors import InvalidArgument, InvariantViolation, ProtocolError
 from kvspec.policy import Policy
 
 from .kv_store import KVStore
@@ -89,15 +89,19 @@ class ManagerCore:
         return rid
 
     def require(self, rows: torch.Tensor, ok: torch.Tensor, ids: Sequence[int],
-                what: str) -> None:
-        """Raises :class:`ProtocolError` naming the requests where ``ok`` is False.
+                what: str, invariant: str | None = None) -> None:
+        """Raises :class:`ProtocolError` (or ``InvariantViolation(invariant)`` when given)
+        naming the requests where ``ok`` is False.
 
         Cost: one device read of a bool; state is never touched.
         """
         if ok.numel() and not bool(ok.all().item()):
             flags = self.transfer.to_host(ok)
             bad = [rid for rid, good in zip(ids, flags, strict=True) if not good]
-            raise ProtocolError(f"request(s) {bad[:5]!r}: {what}; state left unchanged")
+            msg = f"request(s) {bad[:5]!r}: {what}; state left unchanged"
+            if invariant is not None:
+                raise InvariantViolation(invariant, msg)
+            raise ProtocolError(msg)
 
     def active(self, rows: torch.Tensor) -> torch.Tensor:
         """bool: the row holds an ACTIVE cache (3 ops)."""

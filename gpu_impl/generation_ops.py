@@ -79,7 +79,8 @@ def revert_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]
     Per request: pop the draft record; None, no cache, not ACTIVE, or target = cap - 1 - record
     negative -> no-op; else capacity := target and the pages past blocks(target) are released.
     Cost: one H2D copy of 4 B per request, ~20 tensor ops, one device read.
-    Raises ProtocolError (nothing changed) for an unknown request or a target below history.
+    Raises (nothing changed, nothing popped): ProtocolError for an unknown request,
+    InvariantViolation("INV-LEN") for a target below history.
     """
     ids = m.ids(reqs)
     if not ids:
@@ -91,7 +92,7 @@ def revert_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]
     due = (rec >= 0) & m.active(rows) & (target >= 0)
     m.require(rows, ~due | (target >= c.history[rows]), ids,
               "revert_allocate_generation would shrink below history (record from an "
-              "earlier iteration?)")
+              "earlier iteration?)", "INV-LEN")
     c.draft_record[rows] = NO_RECORD
     m.gpu.shrink(rows[due], m.blocks(target)[due])
     c.capacity[rows[due]] = target[due]
@@ -105,7 +106,8 @@ def update_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike],
     capacity -= rewind (pages released); history += 1 + accepted; committed = history;
     record := None. Cost: one H2D copy of 12 B per request, ~25 tensor ops.
     Raises (nothing changed): InvalidArgument for accepted outside [0, draft_len];
-    ProtocolError for a missing or SUSPENDED cache or a history that would pass capacity.
+    ProtocolError for a missing or SUSPENDED cache; InvariantViolation("INV-LEN") for a history
+    that would pass capacity.
     """
     ids = m.ids(reqs)
     if len(accepted) != len(ids):
@@ -122,9 +124,10 @@ def update_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike],
     rewind = torch.clamp(torch.where(rec >= 0, rec, d) - acc, min=0)
     new_cap = c.capacity[rows] - rewind
     new_hist = c.history[rows] + 1 + acc
-    m.require(rows, m.active(rows) & (new_hist <= new_cap), ids,
-              "update_resources needs an ACTIVE cache grown for this step "
-              "(history + 1 + accepted <= capacity after the rewind)")
+    m.require(rows, m.active(rows), ids, "update_resources needs an ACTIVE cache (only "
+              "forwarded requests are updated)")
+    m.require(rows, new_hist <= new_cap, ids, "update_resources needs a cache grown for this "
+              "step (history + 1 + accepted <= capacity after the rewind)", "INV-LEN")
     m.gpu.shrink(rows, m.blocks(new_cap))
     c.capacity[rows] = new_cap
     c.history[rows] = new_hist

@@ -196,10 +196,12 @@ class Manager(ManagerCore):
         row = self.row_id(rid)
         return self.host.row(row) if self.is_on_host(row) else self.gpu.row(row)
 
+    @property
     def num_free_gpu_pages(self) -> int:
         """Free GPU pages (a host-side counter; no device read)."""
         return self.gpu.free
 
+    @property
     def num_free_host_pages(self) -> int:
         """Free host-tier pages (0 when the policy has no host tier)."""
         return self.host.free

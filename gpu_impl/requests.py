@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 
 ACTIVE, SUSPENDED = 0, 1
+CONTEXT = 1  # request state CONTEXT_INIT (TRT LlmRequestState value used by kvspec)
 NO_RECORD = -1  # encodes None for the draft record
 
 
@@ -33,7 +34,7 @@ class GpuRequest:
     context_chunk_size: int = 1
     draft_len: int = 0
     context_current_position: int = 0
-    state: int = 1  # 0 DONE, 1 CONTEXT, 2 GENERATION (the manager never reads it)
+    state: int = CONTEXT  # 1 CONTEXT, 2 GENERATION; read only by the SWA-REWIND check
     py_ctx_pre_resize_cap: int | None = None
 
 

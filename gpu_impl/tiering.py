@@ -78,28 +78,31 @@ def resume_row(m: ManagerCore, rid: int) -> bool:
 
 
 def resume_request(m: ManagerCore, req: RequestLike) -> bool:
-    """TRT ``resume_request``: True when already ACTIVE, else :func:`resume_row`.
+    """TRT ``resume_request``: the gated resume (:func:`resume_row`) of a SUSPENDED cache.
 
-    Raises ProtocolError for an unknown request or a missing cache.
+    Raises ProtocolError for an unknown request, a missing or an ACTIVE cache.
     """
     rid = m.ids([req])[0]
     if not bool(m.cache.has_cache[rid].item()):
         raise ProtocolError(f"request {rid}: resume_request without a cache")
     if int(m.cache.status[rid].item()) == ACTIVE:
-        return True
+        raise ProtocolError(f"request {rid}: resume_request of an ACTIVE cache")
     return resume_row(m, rid)
 
 
 def evict_to_host(m: ManagerCore, req: RequestLike) -> bool:
     """Moves a SUSPENDED cache's GPU pages to the host tier (data copied, GPU pages freed).
 
-    Returns False (nothing changed) when the policy has no host tier or fewer than
-    blocks(capacity) host pages are free. Cost: one GPU gather + one D2H copy of the pages,
+    Returns False (nothing changed) when fewer than blocks(capacity) host pages are free.
+    Cost: one GPU gather + one D2H copy of the pages,
     ~25 tensor ops of pool bookkeeping.
-    Raises ProtocolError (nothing changed): unknown request, missing or ACTIVE cache, cache
-    already on the host.
+    Raises ProtocolError (nothing changed): no host tier, unknown request, missing or ACTIVE
+    cache, cache already on the host.
     """
     rid = m.ids([req])[0]
+    if not m.policy.host_tier:
+        raise ProtocolError(f"request {rid}: evict_to_host under policy {m.policy.name!r}, "
+                            "which has no host tier (enable host_tier)")
     c = m.cache
     has, status, on_host, need = m.transfer.to_host(torch.stack([
         c.has_cache[rid].long(), c.status[rid], c.on_host[rid].long(), m.gpu.count[rid]]))
@@ -107,7 +110,7 @@ def evict_to_host(m: ManagerCore, req: RequestLike) -> bool:
         raise ProtocolError(
             f"request {rid}: evict_to_host needs a SUSPENDED cache with its pages on the GPU "
             f"(has_cache={bool(has)}, status={status}, on_host={bool(on_host)})")
-    if not m.policy.host_tier or m.host.free < need:
+    if m.host.free < need:
         return False
     row = m.one(rid)
     host_row = torch.tensor([rid], dtype=torch.int64)
