@@ -252,12 +252,9 @@ class ReferenceExecutor:
             if cost > tokens_left:
                 break
             rid = req.request_id
-            cap = mgr.get_capacity(rid)
-            need = blocks(cap + cost) - blocks(cap)
-            if mgr.is_on_host(rid):
-                need += blocks(cap)
-            if mgr.num_free_gpu_pages < need and not self._make_room(rank, p, req, need,
-                                                                     reqs[i + 1:]):
+            need = mgr.generation_pages_needed(req)
+            if need > 0 and mgr.num_free_gpu_pages < need and not self._make_room(
+                    rank, p, req, need, reqs[i + 1:]):
                 if mgr.get_status(rid) == CacheStatus.ACTIVE:   # self-eviction
                     mgr.suspend_request(req)
                     p.suspended.append(rid)
@@ -424,7 +421,8 @@ class ReferenceExecutor:
                 if q.context_current_position == q.prompt_len:
                     q.state = RequestState.GENERATION_IN_PROGRESS
             rng = self._rng
-            acc = [rng.randint(0, q.draft_len) if q.draft_len else 0 for q in p.gen]
+            draw = rng.random
+            acc = [int(draw() * (q.draft_len + 1)) if q.draft_len else 0 for q in p.gen]
             mgr.update_resources(p.gen, acc)
             for q, a in zip(p.gen, acc, strict=True):
                 forwarded.append(q.request_id)

@@ -17,6 +17,8 @@ from .request import LlmRequest, RequestState
 
 ACTIVE = CacheStatus.ACTIVE
 SUSPENDED = CacheStatus.SUSPENDED
+_CONTEXT = RequestState.CONTEXT_INIT
+_GENERATION = RequestState.GENERATION_IN_PROGRESS
 
 StateSnapshot = tuple[object, ...]
 
@@ -281,22 +283,44 @@ class ReferenceKVCacheManager:
         Raises:
             ProtocolError: ``req`` is not generating or has no cache.
         """
-        self._require_state(req, RequestState.GENERATION_IN_PROGRESS, "try_allocate_generation")
-        cache = self._cache(req, "try_allocate_generation")
-        if cache.status == SUSPENDED and not self._resume(cache):
-            return False
+        if req.state is not _GENERATION:
+            self._require_state(req, _GENERATION, "try_allocate_generation")
         rid = req.request_id
-        d = req.draft_len
-        if self.policy.draft_record_before_resize:
-            self._allocated_draft_lens[rid] = d
-        else:
-            self._allocated_draft_lens.pop(rid, None)
-        new = cache.capacity + 1 + d
-        if self._blocks(new) - len(cache.pages) > self._gpu.num_free_pages:
+        cache = self._caches.get(rid)
+        if cache is None:
+            cache = self._cache(req, "try_allocate_generation")
+        if cache.status is SUSPENDED and not self._resume(cache):
             return False
-        self._set_capacity(cache, new)
-        self._allocated_draft_lens[rid] = d
+        d = req.draft_len
+        drafts = self._allocated_draft_lens
+        if self.policy.draft_record_before_resize:
+            drafts[rid] = d
+        else:
+            drafts.pop(rid, None)
+        new = cache.capacity + 1 + d
+        pages = cache.pages
+        grow = -(-new // self._tpb) - len(pages)
+        if grow > 0:
+            if grow > self._gpu.num_free_pages:
+                return False
+            pages += self._gpu.allocate_n(grow)
+        cache.capacity = new
+        drafts[rid] = d
         return True
+
+    def generation_pages_needed(self, req: LlmRequest) -> int:
+        """Free GPU pages ``try_allocate_generation(req)`` would need now: the growth, plus
+        the recall of a host-resident cache. O(1); for schedulers deciding on eviction.
+
+        Raises:
+            ProtocolError: no cache.
+        """
+        cache = self._caches.get(req.request_id)
+        if cache is None:
+            cache = self._cache(req, "generation_pages_needed")
+        have = len(cache.pages)
+        grow = -(-(cache.capacity + 1 + req.draft_len) // self._tpb) - have
+        return grow + have if cache.on_host else grow
 
     def revert_allocate_generation(self, req: LlmRequest) -> None:
         """Models TRT ``revert_allocate_generation``: shrink by 1 + the popped draft record.
@@ -345,23 +369,28 @@ class ReferenceKVCacheManager:
                 " pass one count per request")
         plan = []
         seen: set[int] = set()
+        caches = self._caches
+        drafts = self._allocated_draft_lens
         for req, acc in zip(reqs, accepted, strict=True):
             rid = req.request_id
             if rid in seen:
                 raise InvalidArgument(f"update_resources: request {rid} is listed twice")
             seen.add(rid)
-            if isinstance(acc, bool) or not isinstance(acc, int) or not 0 <= acc <= req.draft_len:
+            if type(acc) is not int or not 0 <= acc <= req.draft_len:
                 raise InvalidArgument(
                     f"update_resources: accepted={acc!r} for request {rid} must be an integer"
                     f" in [0, draft_len={req.draft_len}]")
-            self._require_state(req, RequestState.GENERATION_IN_PROGRESS, "update_resources")
-            cache = self._cache(req, "update_resources")
-            if cache.status != ACTIVE:
+            if req.state is not _GENERATION:
+                self._require_state(req, _GENERATION, "update_resources")
+            cache = caches.get(rid)
+            if cache is None:
+                cache = self._cache(req, "update_resources")
+            if cache.status is not ACTIVE:
                 raise ProtocolError(
                     f"update_resources: request {rid}'s cache is SUSPENDED; only forwarded"
                     " requests are updated")
-            rec = self._allocated_draft_lens.get(rid, req.draft_len)
-            new_cap = cache.capacity - max(rec - acc, 0)
+            rec = drafts.get(rid, req.draft_len)
+            new_cap = cache.capacity - (rec - acc if rec > acc else 0)
             new_hist = cache.history + 1 + acc
             if new_hist > new_cap:
                 raise InvariantViolation(
@@ -369,10 +398,14 @@ class ReferenceKVCacheManager:
                     f"update_resources: request {rid} would have history {new_hist} above"
                     f" capacity {new_cap}; grow it with try_allocate_generation first")
             plan.append((rid, cache, new_cap, new_hist))
+        tpb = self._tpb
         for rid, cache, new_cap, new_hist in plan:
-            self._set_capacity(cache, new_cap)
+            if new_cap != cache.capacity:
+                if -(-new_cap // tpb) != len(cache.pages):
+                    self._set_capacity(cache, new_cap)
+                cache.capacity = new_cap
             cache.history = cache.committed = new_hist
-            self._allocated_draft_lens.pop(rid, None)
+            drafts.pop(rid, None)
 
     # ------------------------------------------------------------------------------------
     # victims, tiers, end of life

@@ -60,11 +60,14 @@ class PagePool:
                 check first); nothing is taken.
         """
         free = self._free
-        if n <= 0:
+        if n == 1 and free:                 # the decode-step common case
+            return [free.pop()]
+        if not 0 < n <= len(free):
             if n == 0:
                 return []
-            raise ProtocolError(f"{self.name} pool: cannot allocate n={n} pages; n must be >= 0")
-        if n > len(free):
+            if n < 0:
+                raise ProtocolError(
+                    f"{self.name} pool: cannot allocate n={n} pages; n must be >= 0")
             raise ProtocolError(
                 f"{self.name} pool: cannot allocate {n} pages, only {len(free)} free;"
                 " check num_free_pages before allocating")
