@@ -42,6 +42,7 @@ class KVStore:
         host = torch.zeros((num_host_pages + 1, block, width), dtype=torch.float32)
         self.host = host.pin_memory() if device.type == "cuda" else host
         self.lanes = torch.arange(width, dtype=torch.int64, device=device)
+        self._stage: torch.Tensor | None = None
 
     def write(self, table: torch.Tensor, rows: torch.Tensor, rids: torch.Tensor,
               pos: torch.Tensor) -> None:
@@ -60,20 +61,33 @@ class KVStore:
         slots = slot_mapping(table, rows, pos, self.block).to(pool.device)
         return pool.view(-1, self.width)[slots]
 
+    def _staging(self, pages: int) -> torch.Tensor:
+        """A host buffer for ``pages`` pages, pinned on CUDA, grown (doubling) and reused."""
+        if self._stage is None or self._stage.shape[0] < pages:
+            size = max(pages, 2 * (0 if self._stage is None else self._stage.shape[0]))
+            stage = torch.empty((size, self.block, self.width), dtype=torch.float32)
+            self._stage = stage.pin_memory() if self.gpu.device.type == "cuda" else stage
+        return self._stage[:pages]
+
     def to_host(self, gpu_pages: torch.Tensor, host_pages: torch.Tensor) -> None:
-        """Copies GPU pages to host pages (one device gather + one D2H copy)."""
+        """Copies GPU pages to host pages: one device gather, one D2H copy into the pinned
+        staging buffer, one host scatter (bytes counted in ``d2h_kv_bytes``)."""
         if gpu_pages.numel() == 0:
             return
-        data = self.gpu[gpu_pages].to("cpu")
-        self.host[host_pages.cpu()] = data
-        self.transfer.d2h_kv_bytes += data.numel() * data.element_size()
+        stage = self._staging(gpu_pages.numel())
+        stage.copy_(self.gpu.index_select(0, gpu_pages))
+        self.host.index_copy_(0, host_pages.cpu(), stage)
+        self.transfer.d2h_kv_bytes += stage.numel() * stage.element_size()
 
     def to_gpu(self, host_pages: torch.Tensor, gpu_pages: torch.Tensor) -> None:
-        """Copies host pages to GPU pages (one host gather + one H2D copy)."""
+        """Copies host pages to GPU pages: one host gather into the pinned staging buffer, one
+        H2D copy, one device scatter (bytes counted in ``h2d_kv_bytes``)."""
         if host_pages.numel() == 0:
             return
-        data = self.host[host_pages.cpu()]
+        stage = self._staging(host_pages.numel())
+        torch.index_select(self.host, 0, host_pages.cpu(), out=stage)
+        data = stage.to(self.gpu.device, non_blocking=True)
+        self.gpu.index_copy_(0, gpu_pages.to(self.gpu.device), data)
         if self.gpu.device.type == "cuda":
-            data = data.pin_memory()
-        self.gpu[gpu_pages.to(self.gpu.device)] = data.to(self.gpu.device, non_blocking=True)
-        self.transfer.h2d_kv_bytes += data.numel() * data.element_size()
+            torch.cuda.current_stream(self.gpu.device).synchronize()  # staging reusable
+        self.transfer.h2d_kv_bytes += stage.numel() * stage.element_size()
