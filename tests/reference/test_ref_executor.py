@@ -234,3 +234,29 @@ def test_add_request_misuse() -> None:
         ex.add_request(LlmRequest(2, prompt_len=4, context_chunk_size=4), rank=3)
     with pytest.raises(InvalidArgument, match="num_ranks=2"):
         ReferenceExecutor(config(), get_policy("pr14849"), num_ranks=2)
+
+
+def test_victims_are_never_scheduled_in_the_same_iteration() -> None:
+    for policy in ("pr13805-reviewed", get_policy("pr14849").replace(host_tier=False)):
+        pol = get_policy(policy) if isinstance(policy, str) else policy
+        ex = ReferenceExecutor(config(num_gpu_pages=10), pol, seed=6)
+        workload(ex, 25, seed=8)
+        for step in run_checked(ex, 3000):
+            for r in step:
+                victims = set(r.suspended) | set(r.recompute_paused)
+                assert not victims & set(r.scheduled)
+        assert ex.num_unfinished() == 0
+
+
+def test_pr13805_reverting_deferred_context_under_swa_hits_the_assertion() -> None:
+    from kvspec.errors import InvariantViolation
+    cfg = config(attention_dp=True, max_rewind_len=2)
+    ex = ReferenceExecutor(cfg, get_policy("pr13805"), num_ranks=2, adp_timeout_iters=5)
+    ex.add_request(LlmRequest(0, prompt_len=4, context_chunk_size=8, max_new_tokens=50), rank=0)
+    ex.add_request(LlmRequest(1, prompt_len=4, context_chunk_size=8, max_new_tokens=50), rank=1)
+    ex.step()
+    ex.add_request(LlmRequest(2, prompt_len=16, context_chunk_size=8), rank=0)
+    with pytest.raises(InvariantViolation) as info:
+        for _ in range(10):             # a deferred chunk of 8 > max_rewind_len 2 is reverted
+            ex.step()
+    assert info.value.invariant_id == "SWA-REWIND"

@@ -199,6 +199,6 @@ class ManagerMachine(RuleBasedStateMachine):
                     assert not self.mgr.is_on_host(rid)
 
 
-ManagerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
+ManagerMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=40,
                                             deadline=None)
 TestManagerMachine = ManagerMachine.TestCase
