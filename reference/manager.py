@@ -50,7 +50,8 @@ class ReferenceKVCacheManager:
         self.policy = policy
         self._tpb = config.tokens_per_block
         self._gpu = PagePool(config.num_gpu_pages, "gpu")
-        self._host = PagePool(config.num_host_pages, "host")
+        # No host tier: an empty host pool (the model's host_free is 0 then).
+        self._host = PagePool(config.num_host_pages if policy.host_tier else 0, "host")
         self._caches: dict[int, KVCache] = {}
         self._allocated_draft_lens: dict[int, int] = {}
         self._num_suspended_gpu_pages = 0

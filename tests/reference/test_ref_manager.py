@@ -365,3 +365,8 @@ def test_zero_gpu_pages() -> None:
     assert mgr.prepare_context(req)                    # utilization 0 when G == 0
     assert not mgr.resize_context(req, 4)
     assert mgr.get_status(0) == SUSPENDED
+
+
+def test_no_host_tier_means_no_host_pages() -> None:
+    mgr = make_manager(get_policy_no_host(), num_host_pages=4)
+    assert mgr.num_free_host_pages == 0
