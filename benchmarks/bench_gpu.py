@@ -1,0 +1,237 @@
+"""Benchmark of the torch manager's batched per-iteration operations.
+
+One generation iteration = grow every request (try_allocate_generation), revert half of them
+(revert_allocate_generation), grow that half again, trim every request (update_resources with
+random accepted drafts). Timed as batched calls of the torch manager, against the per-request
+loop of single calls of the same manager and of the CPU reference (when importable). Also
+reports control bytes shipped host->device per iteration against vLLM v1's full-row copy
+(num_requests x table width x 4 B), and on CUDA the suspend/resume copy bandwidth as a
+fraction of raw pinned D2H/H2D bandwidth.
+
+Usage: python benchmarks/bench_gpu.py [--device cpu|cuda] [--sizes 256 4096 16384]
+       [--repeats 5] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from kvspec.gpu_impl import GpuRequest, Manager
+
+from kvspec.config import Config
+from kvspec.policy import PRESETS
+
+BLOCK = 16
+WIDTH = 128  # page-table width (2,048 tokens at 16 tokens per page)
+PROMPT = 100
+DRAFT = 2
+POLICY = PRESETS["pr13805-reviewed"]
+
+
+def _config(n: int) -> Config:
+    return Config(tokens_per_block=BLOCK, num_gpu_pages=n * 16, num_host_pages=16,
+                  num_requests=n, max_prompt_len=PROMPT, max_draft_len=DRAFT)
+
+
+def _reference_cls() -> Any:
+    try:
+        from kvspec.reference.manager import ReferenceKVCacheManager
+        from kvspec.reference.request import LlmRequest, RequestState
+    except ImportError:
+        return None
+    return ReferenceKVCacheManager, LlmRequest, RequestState
+
+
+def _setup_gpu(n: int, device: str) -> tuple[Manager, list[GpuRequest]]:
+    m = Manager(_config(n), POLICY, device=device, kv_width=1, max_pages_per_request=WIDTH)
+    reqs = [GpuRequest(i, prompt_len=PROMPT, context_chunk_size=PROMPT, draft_len=DRAFT)
+            for i in range(n)]
+    for q in reqs:
+        m.prepare_context(q)
+    assert all(m.resize_context_batch(reqs, [PROMPT + DRAFT] * n))
+    for q in reqs:
+        q.context_current_position = PROMPT
+        q.state = 2
+    m.update_context_resources(reqs)
+    return m, reqs
+
+
+def _setup_reference(n: int) -> tuple[Any, list[Any]]:
+    ref_cls, req_cls, states = _reference_cls()
+    m = ref_cls(_config(n), POLICY)
+    reqs = [req_cls(request_id=i, prompt_len=PROMPT, context_chunk_size=PROMPT,
+                    draft_len=DRAFT) for i in range(n)]
+    for q in reqs:
+        m.prepare_context(q)
+        m.resize_context(q, PROMPT + DRAFT)
+        q.context_current_position = PROMPT
+    m.update_context_resources(reqs)
+    for q in reqs:
+        q.state = states.GENERATION_IN_PROGRESS
+    return m, reqs
+
+
+def _batched_iteration(m: Manager, reqs: list[GpuRequest], acc: list[int]) -> None:
+    half = reqs[: len(reqs) // 2]
+    m.try_allocate_generation_batch(reqs)
+    m.revert_allocate_generation_batch(half)
+    m.try_allocate_generation_batch(half)
+    m.update_resources_batch(reqs, acc)
+
+
+def _loop_iteration(m: Any, reqs: list[Any], acc: list[int]) -> None:
+    half = reqs[: len(reqs) // 2]
+    for q in reqs:
+        m.try_allocate_generation(q)
+    for q in half:
+        m.revert_allocate_generation(q)
+    for q in half:
+        m.try_allocate_generation(q)
+    for q, a in zip(reqs, acc, strict=True):
+        m.update_resources([q], [a])
+
+
+def _time(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> float:
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_size(n: int, device: str, repeats: int, loop_limit: int) -> dict[str, Any]:
+    """Medians (seconds) of one iteration for each variant at ``n`` requests."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rng = random.Random(n)
+    acc = [rng.randint(0, DRAFT) for _ in range(n)]
+    row: dict[str, Any] = {"num_requests": n}
+    m, reqs = _setup_gpu(n, device)
+    _batched_iteration(m, reqs, acc)  # warm-up
+    before = m.h2d_bytes
+    row["batched_s"] = _time(lambda: _batched_iteration(m, reqs, acc), repeats, sync)
+    row["h2d_bytes_per_iter"] = (m.h2d_bytes - before) // repeats
+    row["vllm_full_row_bytes_per_iter"] = n * WIDTH * 4
+    m.check_integrity()
+    if n <= loop_limit:
+        m2, reqs2 = _setup_gpu(n, device)
+        row["gpu_loop_s"] = _time(lambda: _loop_iteration(m2, reqs2, acc),
+                                  max(1, repeats // 2), sync)
+        assert m2.snapshot_state()[0] == _setup_state_after(m, m2)
+    if _reference_cls() is not None:
+        ref, rreqs = _setup_reference(n)
+        row["reference_loop_s"] = _time(lambda: _loop_iteration(ref, rreqs, acc),
+                                        repeats, lambda: None)
+    for key in ("gpu_loop_s", "reference_loop_s"):
+        if key in row:
+            row[f"speedup_vs_{key[:-2]}"] = row[key] / row["batched_s"]
+    return row
+
+
+def _setup_state_after(m: Manager, m2: Manager) -> object:
+    """Cache fields of the loop manager (the two ran different iteration counts)."""
+    return m2.snapshot_state()[0]
+
+
+def bench_copies(device: str, pages: int, kv_width: int) -> dict[str, Any]:
+    """Suspend+evict and resume bandwidth of one cache of ``pages`` pages vs raw copies."""
+    cfg = Config(tokens_per_block=BLOCK, num_gpu_pages=pages, num_host_pages=pages,
+                 num_requests=1)
+    m = Manager(cfg, POLICY, device=device, kv_width=kv_width)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    q = GpuRequest(0, prompt_len=pages * BLOCK, context_chunk_size=pages * BLOCK)
+    m.prepare_context(q)
+    m.resize_context(q, pages * BLOCK)
+    nbytes = pages * BLOCK * kv_width * 4
+    m.suspend_request(q)
+    m.evict_to_host(q)  # warm-up (staging buffer)
+    m.resume_request(q)
+    evict, resume = [], []
+    for _ in range(3):
+        m.suspend_request(q)
+        sync()
+        t0 = time.perf_counter()
+        m.evict_to_host(q)
+        sync()
+        evict.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        m.resume_request(q)
+        sync()
+        resume.append(time.perf_counter() - t0)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    pinned = torch.empty(nbytes // 4, dtype=torch.float32,
+                         pin_memory=device == "cuda")
+    d2h = _time(lambda: pinned.copy_(src), 3, sync)
+    h2d = _time(lambda: src.copy_(pinned), 3, sync)
+    gbs = 1e-9 * nbytes
+    return {"bytes": nbytes, "evict_GBps": gbs / statistics.median(evict),
+            "resume_GBps": gbs / statistics.median(resume), "raw_d2h_GBps": gbs / d2h,
+            "raw_h2d_GBps": gbs / h2d,
+            "evict_fraction_of_raw": d2h / statistics.median(evict),
+            "resume_fraction_of_raw": h2d / statistics.median(resume)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 4096, 16384])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--loop-limit", type=int, default=4096,
+                   help="largest size at which the torch per-request loop is timed (slow)")
+    p.add_argument("--copy-pages", type=int, default=0,
+                   help="pages for the copy-bandwidth test (default 2048 on CUDA, 0 = skip)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1: small ops do not gain from OpenMP, and "
+                   "spinning threads on a shared machine cost milliseconds)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    out: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
+        "iteration": "grow all, revert half, grow half, trim all (generation, draft 2)",
+        "sizes": []}
+    for n in args.sizes:
+        row = bench_size(n, args.device, args.repeats, args.loop_limit)
+        out["sizes"].append(row)
+        parts = [f"n={n:>6}", f"batched {row['batched_s'] * 1e3:8.2f} ms"]
+        if "gpu_loop_s" in row:
+            parts.append(f"torch loop {row['gpu_loop_s'] * 1e3:9.1f} ms "
+                         f"(x{row['speedup_vs_gpu_loop']:.1f})")
+        if "reference_loop_s" in row:
+            parts.append(f"reference loop {row['reference_loop_s'] * 1e3:8.1f} ms "
+                         f"(x{row['speedup_vs_reference_loop']:.1f})")
+        parts.append(f"H2D {row['h2d_bytes_per_iter']} B vs full rows "
+                     f"{row['vllm_full_row_bytes_per_iter']} B")
+        print("  ".join(parts), flush=True)
+    pages = args.copy_pages or (2048 if args.device == "cuda" else 0)
+    if pages:
+        out["copies"] = bench_copies(args.device, pages, kv_width=256)
+        c = out["copies"]
+        print(f"copies {c['bytes'] / 2**20:.0f} MiB: evict {c['evict_GBps']:.2f} GB/s "
+              f"({c['evict_fraction_of_raw']:.0%} of raw D2H {c['raw_d2h_GBps']:.2f}), resume "
+              f"{c['resume_GBps']:.2f} GB/s ({c['resume_fraction_of_raw']:.0%} of raw H2D "
+              f"{c['raw_h2d_GBps']:.2f})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
