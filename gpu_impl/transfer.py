@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -33,7 +34,7 @@ class Transfer:
 
         Cost: one host->device copy of 4 * len(cols) * n bytes (counted in ``h2d_bytes``).
         """
-        host = torch.tensor(cols, dtype=torch.int32).reshape(len(cols), -1)
+        host = torch.from_numpy(np.array(cols, dtype=np.int32).reshape(len(cols), -1))
         self.h2d_bytes += host.numel() * 4
         return host.to(self.device, non_blocking=False).to(torch.int64)
 
