@@ -16,7 +16,7 @@ class InvalidArgument(KVSpecError, ValueError):
 
 
 class InvalidDefinition(KVSpecError, TypeError):
-    """A mistake in a spec definition: duplicate action name, unknown field, guard without effect."""
+    """A mistake in a spec definition: duplicate action name, unknown field, bad guard."""
 
 
 class ProtocolError(KVSpecError, RuntimeError):

@@ -66,7 +66,8 @@ PRESETS: dict[str, Policy] = {
     # A new rollback caller that also reverts requests whose resize failed, with the snapshot
     # written on success only (review finding 1, TRT bug 1).
     "stale-snapshot": _PR13805.replace(
-        name="stale-snapshot", rollback_failed_resize=True, swa_scratch_reuse=False),
+        name="stale-snapshot", revert_context_on_skip=True, rollback_failed_resize=True,
+        swa_scratch_reuse=False),
     # The older try_allocate_generation that recorded the draft length before the resize.
     "draft-before-resize": _PR13805.replace(
         name="draft-before-resize", revert_context_on_skip=True, clear_snapshot_on_failure=True,

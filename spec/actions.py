@@ -1,0 +1,425 @@
+"""The protocol's actions, each declared once as guard + effect (semantics: docs/protocol.md).
+
+Every function here reads state only through the ops of its :class:`Ctx`, so the same code
+runs on ints (hypothesis, the walker, replay) and on z3 terms (proofs, BMC). Branches are
+written as two candidate states joined by :func:`merge`, never as Python ``if`` on state.
+"""
+
+from __future__ import annotations
+
+from .ops import Term
+from .registry import ActionRegistry, Ctx, Outcome, Param
+from .state import (
+    ACTIVE,
+    CONTEXT,
+    DONE,
+    GENERATION,
+    ITERATION_MARKS,
+    NONE,
+    SCHEDULE,
+    SETTLE,
+    SUSPENDED,
+    Req,
+    State,
+    evictable,
+    merge,
+    pinned,
+    with_req,
+)
+
+ACTIONS = ActionRegistry()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared arithmetic (section 2.1 of the semantics note)
+
+
+def context_tokens(c: Ctx, q: Req) -> Term:
+    """Tokens of the current chunk: min(chunk_size, prompt_len - pos)."""
+    return c.o.min(q.chunk_size, q.prompt_len - q.pos)
+
+
+def context_target(c: Ctx, q: Req) -> Term:
+    """resize_context's target: pos + chunk tokens, plus the draft length on the last chunk."""
+    n = context_tokens(c, q)
+    return q.pos + n + c.o.ite(q.pos + n == q.prompt_len, q.draft_len, 0)
+
+
+def resume(c: Ctx, s: State, r: int) -> tuple[Term, State]:
+    """``_KVCache.resume``: the utilization gate, then pages back to GPU; all-or-nothing.
+
+    Returns (succeeded, state). Refusal leaves the state unchanged.
+    """
+    o, q = c.o, s.reqs[r]
+    pages = o.blocks(q.capacity)
+    ev = evictable(o, s, c.policy.host_tier) + s.rest_evictable
+    gate_ok = o.not_(o.util_exceeds(s.num_gpu_pages - s.gpu_free - ev, s.num_gpu_pages))
+    room = o.or_(o.not_(q.on_host), s.gpu_free >= pages)
+    ok = o.and_(gate_ok, room)
+    moved = o.ite(q.on_host, pages, 0)
+    resumed = with_req(s, r, q._replace(status=ACTIVE, never_resumed=False, on_host=False))
+    resumed = resumed._replace(
+        gpu_free=s.gpu_free - moved, host_free=s.host_free + moved,
+        v_resume_gate=o.or_(s.v_resume_gate, o.not_(gate_ok)))
+    return ok, merge(o, ok, resumed, s)
+
+
+def ctx_revert_due(c: Ctx, s: State, q: Req) -> Term:
+    """Whether the executor must call revert_allocate_context on ``q`` in the SETTLE stage."""
+    o, p = c.o, c.policy
+    return o.and_(
+        q.phase == CONTEXT,
+        o.not_(q.ctx_reverted),
+        o.or_(
+            o.and_(p.revert_deferred_context, q.dropped),
+            o.and_(p.revert_context_on_skip, q.resized, o.not_(q.dropped),
+                   o.not_(s.can_queue)),
+            o.and_(p.rollback_failed_resize, q.resize_failed),
+        ),
+    )
+
+
+def gen_revert_due(c: Ctx, s: State, q: Req) -> Term:
+    """Whether the executor must call revert_allocate_generation on ``q`` (can_queue False)."""
+    o = c.o
+    return o.and_(c.policy.revert_generation_on_skip, q.phase == GENERATION, q.gen_tried,
+                  o.not_(q.gen_reverted), o.not_(s.can_queue))
+
+
+def in_final_batch(c: Ctx, q: Req) -> Term:
+    """Whether ``q`` is forwarded when can_queue: resized and kept, or grown for generation."""
+    o = c.o
+    return o.or_(o.and_(q.resized, o.not_(q.dropped), o.not_(q.ctx_reverted)),
+                 o.and_(q.gen_grown, o.not_(q.gen_reverted)))
+
+
+def reverts_pending(c: Ctx, s: State) -> Term:
+    """Whether any revert the policy requires has not happened yet."""
+    return c.o.or_(*[c.o.or_(ctx_revert_due(c, s, q), gen_revert_due(c, s, q)) for q in s.reqs])
+
+
+# ---------------------------------------------------------------------------------------------
+# SCHEDULE stage
+
+
+def _g_arrive(c: Ctx, s: State, r: int, prompt_len: Term, chunk_size: Term,
+              draft_len: Term) -> Term:
+    q = s.reqs[r]
+    return c.o.and_(s.stage == SCHEDULE, q.phase == DONE, c.o.not_(q.has_cache),
+                    prompt_len >= 1, chunk_size >= 1, draft_len >= 0)
+
+
+@ACTIONS.action(guard=_g_arrive, params=(
+    Param("prompt_len", lo=1, hi=lambda k: k.max_prompt_len),
+    Param("chunk_size", lo=1, hi=lambda k: k.max_prompt_len),
+    Param("draft_len", lo=0, hi=lambda k: k.max_draft_len)))
+def arrive(c: Ctx, s: State, r: int, prompt_len: Term, chunk_size: Term,
+           draft_len: Term) -> Outcome:
+    """A new request takes slot r in CONTEXT_INIT with pos 0 (the executor fetches it)."""
+    return Outcome(with_req(s, r, Req(
+        phase=CONTEXT, prompt_len=prompt_len, chunk_size=chunk_size, draft_len=draft_len)))
+
+
+def _g_prepare_context(c: Ctx, s: State, r: int) -> Term:
+    q = s.reqs[r]
+    o = c.o
+    return o.and_(s.stage == SCHEDULE, q.phase == CONTEXT, o.not_(q.prepared),
+                  o.or_(q.pos == 0, q.has_cache))
+
+
+@ACTIONS.action(guard=_g_prepare_context, returns=True, atomic_on_false=True)
+def prepare_context(c: Ctx, s: State, r: int) -> Outcome:
+    """Models TRT ``prepare_context``: create the cache on a first chunk, resume if suspended."""
+    o, q = c.o, s.reqs[r]
+    create = o.and_(q.pos == 0, o.not_(q.has_cache))
+    created = q._replace(has_cache=True, status=SUSPENDED, never_resumed=True, on_host=False,
+                         capacity=0, history=0, committed=0)
+    q0 = merge(o, create, created, q)._replace(prepared=True)
+    s0 = with_req(s, r, q0)
+    ok, s1 = resume(c, s0, r)
+    s2 = merge(o, q0.status == SUSPENDED, s1, s0)
+    return Outcome(s2, s2.reqs[r].status == ACTIVE)
+
+
+def _g_resize_context(c: Ctx, s: State, r: int) -> Term:
+    q = s.reqs[r]
+    o = c.o
+    return o.and_(s.stage == SCHEDULE, q.phase == CONTEXT, q.prepared, q.has_cache,
+                  q.status == ACTIVE, o.not_(q.resized), o.not_(q.resize_failed))
+
+
+@ACTIONS.action(guard=_g_resize_context, returns=True, atomic_on_false=True)
+def resize_context(c: Ctx, s: State, r: int) -> Outcome:
+    """Models TRT ``resize_context``: grow to max(cap, target); snapshot on growth only.
+
+    Failure: a first chunk is suspended; the snapshot is cleared only under
+    ``clear_snapshot_on_failure`` (PR 13805 left it: review finding 1).
+    """
+    o, p, q = c.o, c.policy, s.reqs[r]
+    new_cap = o.max(q.capacity, context_target(c, q))
+    need = o.blocks(new_cap) - o.blocks(q.capacity)
+    ok = s.gpu_free >= need
+    grown = with_req(s, r, q._replace(
+        capacity=new_cap, snapshot=o.ite(new_cap > q.capacity, q.capacity, NONE),
+        snap_fresh=True, resized=True))._replace(gpu_free=s.gpu_free - need)
+    failed = with_req(s, r, q._replace(
+        status=o.ite(q.pos == 0, SUSPENDED, q.status),
+        snapshot=NONE if p.clear_snapshot_on_failure else q.snapshot,
+        resize_failed=True))
+    return Outcome(merge(o, ok, grown, failed), ok)
+
+
+def _g_try_allocate_generation(c: Ctx, s: State, r: int) -> Term:
+    q = s.reqs[r]
+    return c.o.and_(s.stage == SCHEDULE, q.phase == GENERATION, q.has_cache,
+                    c.o.not_(q.gen_tried))
+
+
+@ACTIONS.action(guard=_g_try_allocate_generation, returns=True, atomic_on_false=True)
+def try_allocate_generation(c: Ctx, s: State, r: int) -> Outcome:
+    """Models TRT ``try_allocate_generation``: resume if needed, grow by 1 + draft_len.
+
+    A refused resume changes nothing; a failed resize after a resume leaves the cache ACTIVE
+    (semantics bug 7). The draft record is written on success only, or before the resize
+    under ``draft_record_before_resize`` (the older version).
+    """
+    o, p = c.o, c.policy
+    marked = with_req(s, r, s.reqs[r]._replace(gen_tried=True))
+    res_ok, resumed = resume(c, marked, r)
+    was_active = s.reqs[r].status == ACTIVE
+    s1 = merge(o, was_active, marked, resumed)
+    live = o.or_(was_active, res_ok)
+    q1 = s1.reqs[r]
+    new_cap = q1.capacity + 1 + q1.draft_len
+    need = o.blocks(new_cap) - o.blocks(q1.capacity)
+    ok = o.and_(live, s1.gpu_free >= need)
+    grown = with_req(s1, r, q1._replace(
+        capacity=new_cap, draft_record=q1.draft_len, gen_grown=True,
+        gen_outstanding=True))._replace(gpu_free=s1.gpu_free - need)
+    failed = with_req(s1, r, q1._replace(
+        draft_record=q1.draft_len if p.draft_record_before_resize else NONE))
+    return Outcome(merge(o, ok, grown, merge(o, live, failed, s1)), ok)
+
+
+def _g_suspend_request(c: Ctx, s: State, r: int) -> Term:
+    q = s.reqs[r]
+    o = c.o
+    return o.and_(s.stage == SCHEDULE, q.has_cache, q.status == ACTIVE, o.not_(q.prepared),
+                  o.not_(q.gen_tried))
+
+
+@ACTIONS.action(guard=_g_suspend_request)
+def suspend_request(c: Ctx, s: State, r: int) -> Outcome:
+    """Models TRT ``suspend_request`` on a scheduler victim: SUSPENDED, nothing freed."""
+    return Outcome(with_req(s, r, s.reqs[r]._replace(status=SUSPENDED)))
+
+
+def _g_evict_to_host(c: Ctx, s: State, r: int) -> Term:
+    q = s.reqs[r]
+    o = c.o
+    return o.and_(c.policy.host_tier, s.stage == SCHEDULE, q.has_cache, q.status == SUSPENDED,
+                  o.not_(q.on_host), s.host_free >= o.blocks(q.capacity))
+
+
+@ACTIONS.action(guard=_g_evict_to_host)
+def evict_to_host(c: Ctx, s: State, r: int) -> Outcome:
+    """Demote a suspended cache's GPU pages to the host tier (eviction under pool pressure)."""
+    q = s.reqs[r]
+    pages = c.o.blocks(q.capacity)
+    return Outcome(with_req(s, r, q._replace(on_host=True))._replace(
+        gpu_free=s.gpu_free + pages, host_free=s.host_free - pages))
+
+
+def _g_free_resources(c: Ctx, s: State, r: int) -> Term:
+    q = s.reqs[r]
+    return c.o.and_(s.stage == SCHEDULE, q.phase == GENERATION, q.has_cache,
+                    c.o.not_(q.gen_tried))
+
+
+@ACTIONS.action(guard=_g_free_resources)
+def free_resources(c: Ctx, s: State, r: int) -> Outcome:
+    """Models TRT ``free_resources`` for a finished request: close the cache, empty the slot."""
+    o, q = c.o, s.reqs[r]
+    pages = o.blocks(q.capacity)
+    return Outcome(with_req(s, r, Req())._replace(
+        gpu_free=s.gpu_free + o.ite(q.on_host, 0, pages),
+        host_free=s.host_free + o.ite(q.on_host, pages, 0)))
+
+
+def _g_others(c: Ctx, s: State, r: int, delta: Term, evictable: Term) -> Term:
+    o = c.o
+    return o.and_(c.abstract_rest, s.stage == SCHEDULE, s.rest_gpu + delta >= 0,
+                  s.gpu_free - delta >= 0, evictable >= 0, evictable <= s.rest_gpu + delta)
+
+
+@ACTIONS.action(guard=_g_others, per_request=False, params=(
+    Param("delta", lo=-2, hi=lambda k: 2), Param("evictable", lo=0, hi=lambda k: 2)))
+def others(c: Ctx, s: State, r: int, delta: Term, evictable: Term) -> Outcome:
+    """Abstract mode only: requests outside the model take or release ``delta`` GPU pages."""
+    return Outcome(s._replace(rest_gpu=s.rest_gpu + delta, gpu_free=s.gpu_free - delta,
+                              rest_evictable=evictable))
+
+
+# ---------------------------------------------------------------------------------------------
+# The delay-batching decision and the SETTLE stage
+
+
+def _g_decide(c: Ctx, s: State, r: int, wait: Term, can_queue: Term) -> Term:
+    o, k = c.o, c.config
+    if k.attention_dp:
+        may_wait: Term = True
+    elif k.batch_waiting_enabled:
+        may_wait = s.batch_wait_iters < k.batch_wait_timeout_iters
+    else:
+        may_wait = False
+    batch_empty = o.not_(o.or_(*[o.or_(o.and_(q.resized, o.not_(wait)), q.gen_grown)
+                                 for q in s.reqs]))
+    may_skip = o.or_(k.attention_dp, c.abstract_rest, batch_empty)
+    return o.and_(s.stage == SCHEDULE, o.or_(o.not_(wait), may_wait),
+                  o.or_(can_queue, may_skip))
+
+
+@ACTIONS.action(guard=_g_decide, per_request=False, params=(
+    Param("wait", kind="bool"), Param("can_queue", kind="bool")))
+def decide(c: Ctx, s: State, r: int, wait: Term, can_queue: Term) -> Outcome:
+    """Delay batching (batch waiting or ADP balance defers every context request: D) and the
+    ``can_queue`` decision; SCHEDULE -> SETTLE."""
+    o, k = c.o, c.config
+    counter = s.batch_wait_iters
+    if k.batch_waiting_enabled and not k.attention_dp:
+        counter = o.ite(wait, counter + 1, 0)
+    reqs = tuple(q._replace(dropped=o.and_(q.resized, wait)) for q in s.reqs)
+    return Outcome(s._replace(reqs=reqs, stage=SETTLE, can_queue=can_queue, waited=wait,
+                              batch_wait_iters=counter))
+
+
+def _g_revert_allocate_context(c: Ctx, s: State, r: int) -> Term:
+    return c.o.and_(s.stage == SETTLE, ctx_revert_due(c, s, s.reqs[r]))
+
+
+@ACTIONS.action(guard=_g_revert_allocate_context, returns=True)
+def revert_allocate_context(c: Ctx, s: State, r: int) -> Outcome:
+    """Models TRT ``revert_allocate_context``: shrink back to ``py_ctx_pre_resize_cap``.
+
+    The snapshot is cleared first. FREE branch (history > snapshot): the cache is dropped and
+    the request rewound, returns False. SHRINK branch: capacity = snapshot, suspended iff the
+    snapshot is > 0, returns True. Under SWA scratch reuse the shrink needs
+    cap - max_rewind_len <= history; otherwise TRT's resize asserts and nothing changes
+    (SWA-REWIND is violated).
+    """
+    o, p, q = c.o, c.policy, s.reqs[r]
+    pre = q.snapshot
+    consumed = pre != NONE
+    acts = o.and_(consumed, q.has_cache, q.status == ACTIVE, pre < q.capacity)
+    free_branch = o.and_(acts, q.history > pre)
+    shrink = o.and_(acts, o.not_(free_branch))
+    base = q._replace(snapshot=NONE, ctx_reverted=True)
+    freed_q = base._replace(has_cache=False, status=SUSPENDED, never_resumed=False,
+                            on_host=False, capacity=0, history=0, committed=0, pos=0,
+                            draft_record=NONE)
+    shrunk_q = base._replace(capacity=pre, status=o.ite(pre > 0, SUSPENDED, ACTIVE))
+    released = o.ite(free_branch, o.blocks(q.capacity),
+                     o.ite(shrink, o.blocks(q.capacity) - o.blocks(pre), 0))
+    new_q = merge(o, free_branch, freed_q, merge(o, shrink, shrunk_q, base))
+    swa_bad = o.and_(p.swa_scratch_reuse, shrink, q.phase == CONTEXT,
+                     q.capacity - s.max_rewind_len > q.history)
+    floor_bad = o.and_(shrink, o.or_(new_q.capacity != pre, pre < q.history))
+    precap_bad = o.and_(shrink, (new_q.status == SUSPENDED) != (pre > 0))
+    done = with_req(s, r, new_q)._replace(gpu_free=s.gpu_free + released)
+    # Under SWA scratch reuse TRT's resize asserts before changing anything: refused shrink.
+    refused = with_req(s, r, q._replace(ctx_reverted=True))
+    s1 = merge(o, swa_bad, refused, done)._replace(
+        v_stale_snapshot=o.or_(s.v_stale_snapshot, o.and_(consumed, o.not_(q.snap_fresh))),
+        v_swa_rewind=o.or_(s.v_swa_rewind, swa_bad),
+        v_revert_floor=o.or_(s.v_revert_floor, floor_bad),
+        v_suspend_precap=o.or_(s.v_suspend_precap, precap_bad))
+    return Outcome(s1, o.not_(free_branch))
+
+
+def _g_revert_allocate_generation(c: Ctx, s: State, r: int) -> Term:
+    return c.o.and_(s.stage == SETTLE, gen_revert_due(c, s, s.reqs[r]))
+
+
+@ACTIONS.action(guard=_g_revert_allocate_generation)
+def revert_allocate_generation(c: Ctx, s: State, r: int) -> Outcome:
+    """Models TRT ``revert_allocate_generation``: pop the draft record and shrink by
+    1 + record; no record, an inactive cache or a negative target is a no-op. A target below
+    history makes TRT raise ("shrink must succeed"): nothing changes, INV-LEN is violated."""
+    o, q = c.o, s.reqs[r]
+    rec = q.draft_record
+    target = q.capacity - 1 - rec
+    acts = o.and_(rec != NONE, q.has_cache, q.status == ACTIVE, target >= 0)
+    below_history = o.and_(acts, target < q.history)  # TRT raises: the shrink must succeed
+    shrinks = o.and_(acts, o.not_(below_history))
+    base = q._replace(draft_record=NONE, gen_reverted=True)
+    shrunk = base._replace(capacity=target, gen_outstanding=False)
+    refused = q._replace(gen_reverted=True)
+    released = o.ite(shrinks, o.blocks(q.capacity) - o.blocks(target), 0)
+    new_q = merge(o, below_history, refused, merge(o, shrinks, shrunk, base))
+    s1 = with_req(s, r, new_q)._replace(
+        gpu_free=s.gpu_free + released,
+        v_len=o.or_(s.v_len, below_history),
+        v_gen_once=o.or_(s.v_gen_once, o.and_(acts, o.not_(q.gen_outstanding))))
+    return Outcome(s1)
+
+
+def _g_forward(c: Ctx, s: State, r: int, accepted: Term) -> Term:
+    o, q = c.o, s.reqs[r]
+    return o.and_(
+        s.stage == SETTLE, s.can_queue, o.not_(reverts_pending(c, s)), in_final_batch(c, q),
+        o.not_(q.ran), accepted >= 0,
+        o.implies(q.phase == GENERATION, accepted <= q.draft_len),
+        o.implies(q.phase != GENERATION, accepted == 0))
+
+
+@ACTIONS.action(guard=_g_forward, params=(
+    Param("accepted", lo=0, hi=lambda k: k.max_draft_len),))
+def forward(c: Ctx, s: State, r: int, accepted: Term) -> Outcome:
+    """The forward step plus ``update_context_resources`` (context: pos advances, history =
+    pos) or ``update_resources`` (generation: trim the rejected drafts, history += 1 + accepted)."""
+    o, q = c.o, s.reqs[r]
+    new_pos = q.pos + context_tokens(c, q)
+    ctx_q = q._replace(pos=new_pos, history=new_pos, committed=new_pos, ran=True,
+                       phase=o.ite(new_pos == q.prompt_len, GENERATION, CONTEXT))
+    rec = o.ite(q.draft_record == NONE, q.draft_len, q.draft_record)
+    new_cap = q.capacity - o.max(rec - accepted, 0)
+    new_hist = q.history + 1 + accepted
+    gen_q = q._replace(capacity=new_cap, history=new_hist, committed=new_hist,
+                       draft_record=NONE, gen_outstanding=False, ran=True)
+    is_ctx = q.phase == CONTEXT
+    released = o.ite(is_ctx, 0, o.blocks(q.capacity) - o.blocks(new_cap))
+    s1 = with_req(s, r, merge(o, is_ctx, ctx_q, gen_q))._replace(
+        gpu_free=s.gpu_free + released,
+        v_gen_once=o.or_(s.v_gen_once, o.and_(o.not_(is_ctx), o.not_(q.gen_outstanding))))
+    return Outcome(s1)
+
+
+def _g_end_iteration(c: Ctx, s: State, r: int) -> Term:
+    o = c.o
+    unforwarded = o.or_(*[o.and_(in_final_batch(c, q), o.not_(q.ran)) for q in s.reqs])
+    return o.and_(s.stage == SETTLE, o.not_(reverts_pending(c, s)),
+                  o.not_(o.and_(s.can_queue, unforwarded)))
+
+
+@ACTIONS.action(guard=_g_end_iteration, per_request=False)
+def end_iteration(c: Ctx, s: State, r: int) -> Outcome:
+    """Iteration end and next start: check NO-DEFERRED-HOLD and GEN-EXACTLY-ONCE, reset the
+    per-iteration marks, clear snapshots under ``clear_snapshot_at_iteration_start``."""
+    o, p = c.o, c.policy
+    hold_bad: list[Term] = []
+    gen_bad: list[Term] = []
+    reqs = []
+    for q in s.reqs:
+        now = pinned(o, q, p.host_tier)
+        hold_bad.append(o.and_(q.resized, o.not_(q.ran), now > q.pinned_start))
+        gen_bad.append(q.gen_outstanding)
+        reset = q._replace(**{m: False for m in ITERATION_MARKS})
+        reset = reset._replace(
+            snapshot=NONE if p.clear_snapshot_at_iteration_start else q.snapshot,
+            snap_fresh=False, gen_outstanding=False, pinned_start=now)
+        reqs.append(reset)
+    s1 = s._replace(
+        reqs=tuple(reqs), stage=SCHEDULE, can_queue=True, waited=False,
+        v_deferred_hold=o.or_(s.v_deferred_hold, *hold_bad),
+        v_gen_once=o.or_(s.v_gen_once, *gen_bad))
+    return Outcome(s1)

@@ -1,0 +1,134 @@
+"""Declaring actions once: a registry of guard + effect pairs with typed parameters.
+
+Decorators only record frozen descriptors; :class:`ActionRegistry` collects them. The hypothesis
+rules (:mod:`.machine`), the z3 transition relation (:mod:`.prove`), the walker and the trace
+schema (:mod:`.trace`) are all generated from the one registry in :mod:`.actions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from kvspec.config import Config
+from kvspec.errors import InvalidArgument, InvalidDefinition
+from kvspec.policy import Policy
+
+from .ops import Ops, Term
+
+if TYPE_CHECKING:
+    from .state import State
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a guard or an effect may read besides the state: the ops, the policy, the config.
+
+    ``abstract_rest`` turns on the one-request-versus-the-rest abstraction used by the proofs.
+    """
+
+    o: Ops
+    policy: Policy
+    config: Config
+    abstract_rest: bool = False
+
+
+@dataclass(frozen=True)
+class Param:
+    """An action parameter: integer (``lo <= x``; generators draw up to ``hi(config)``) or bool."""
+
+    name: str
+    kind: str = "int"  # "int" | "bool"
+    lo: int = 0
+    hi: Callable[[Config], int] | None = None
+
+    def domain(self, config: Config) -> range | tuple[bool, bool]:
+        """The finite values generators draw from."""
+        if self.kind == "bool":
+            return (False, True)
+        hi = self.hi(config) if self.hi is not None else self.lo
+        return range(self.lo, hi + 1)
+
+
+class Outcome(NamedTuple):
+    """What an effect produces: the next state and the action's return value (or None)."""
+
+    state: State
+    result: Term = None
+
+
+Guard = Callable[..., Term]
+Effect = Callable[..., Outcome]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One protocol action: its TensorRT-LLM name, parameters, guard and effect.
+
+    ``per_request`` actions take the request slot ``r`` first. ``atomic_on_false`` marks actions
+    whose False return means failure, so INV-ATOMIC applies to them.
+    """
+
+    name: str
+    params: tuple[Param, ...]
+    per_request: bool
+    guard: Guard
+    effect: Effect
+    returns: bool
+    atomic_on_false: bool
+    doc: str
+
+
+class ActionRegistry:
+    """Collects :class:`Action` descriptors in declaration order (the order is part of traces)."""
+
+    def __init__(self) -> None:
+        self._actions: dict[str, Action] = {}
+
+    def action(self, *, guard: Guard, params: tuple[Param, ...] = (), per_request: bool = True,
+               returns: bool = False, atomic_on_false: bool = False
+               ) -> Callable[[Effect], Effect]:
+        """Register the decorated effect under its function name with ``guard``."""
+
+        def record(effect: Effect) -> Effect:
+            name = effect.__name__
+            if name in self._actions:
+                raise InvalidDefinition(f"action {name!r} is declared twice; names are unique")
+            if not callable(guard):
+                raise InvalidDefinition(f"action {name!r}: guard {guard!r} is not callable")
+            seen = {p.name for p in params}
+            if len(seen) != len(params) or "r" in seen:
+                raise InvalidDefinition(
+                    f"action {name!r}: parameter names {[p.name for p in params]} must be unique "
+                    "and must not be 'r' (the request slot)")
+            self._actions[name] = Action(
+                name=name, params=params, per_request=per_request, guard=guard, effect=effect,
+                returns=returns, atomic_on_false=atomic_on_false,
+                doc=(effect.__doc__ or "").strip())
+            return effect
+
+        return record
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        return tuple(self._actions.values())
+
+    def get(self, name: str) -> Action:
+        """The action called ``name``; unknown names raise with the list of known ones."""
+        try:
+            return self._actions[name]
+        except KeyError:
+            raise InvalidArgument(
+                f"unknown action {name!r}; known: {', '.join(self._actions)}") from None
+
+    def schema(self) -> dict[str, dict[str, Any]]:
+        """The trace schema: per action, its parameters (with kinds) and whether it returns."""
+        return {
+            a.name: {
+                "per_request": a.per_request,
+                "params": {p.name: p.kind for p in a.params},
+                "returns": a.returns,
+            }
+            for a in self.actions
+        }
