@@ -251,8 +251,8 @@ def _config_from_json(d: dict[str, Any]) -> Config:
     unknown = sorted(set(d) - known)
     if unknown:
         raise InvalidArgument(f"trace config has unknown fields {unknown}")
-    vals: dict[str, Any] = {k: (Fraction(v) if k in ("max_util_for_resume", "batch_wait_max_tokens_ratio")
-                else v) for k, v in d.items()}
+    fractions = ("max_util_for_resume", "batch_wait_max_tokens_ratio")
+    vals: dict[str, Any] = {k: (Fraction(v) if k in fractions else v) for k, v in d.items()}
     return Config(**vals)
 
 
