@@ -19,7 +19,7 @@ class Config:
     tokens_per_block: int = 2
     num_gpu_pages: int = 4
     num_host_pages: int = 4
-    max_util_for_resume: Fraction = Fraction(1)
+    max_util_for_resume: Fraction = Fraction(3, 4)
     max_rewind_len: int = 2
     num_requests: int = 2
     max_num_tokens: int = 64

@@ -1,0 +1,139 @@
+"""hypothesis's view of the model: a RuleBasedStateMachine generated from the action registry.
+
+One rule per action (its precondition: some slot and arguments enable it; the rule draws among
+the enabled ones), one ``@invariant`` per property. A failing run raises an error carrying the
+run as a :class:`~kvspec.spec.trace.Trace` (``error.kvspec_trace``), so hypothesis's shrunk
+counterexample is exported in the same format as z3's and the walker's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from kvspec.config import Config
+from kvspec.policy import Policy, get_policy
+
+from .invariants import PROPERTIES, Property
+from .model import Model
+from .registry import Action
+from .state import State
+from .trace import Step, Trace, with_digests
+
+
+class PropertyViolated(AssertionError):
+    """A model run reached a state that violates ``property_id``; carries the run's trace."""
+
+    def __init__(self, property_id: str, trace: Trace) -> None:
+        super().__init__(f"{property_id} violated after {len(trace)} steps\n{trace.path()}")
+        self.property_id = property_id
+        self.kvspec_trace = trace
+
+
+class ModelDriver:
+    """Drive the model by method calls, one per action: the form traces render into.
+
+    ``ModelDriver(policy="pr14849").resize_context(r=0)``; a disabled action raises
+    InvalidArgument; :meth:`check_invariants` raises :class:`PropertyViolated`.
+    """
+
+    def __init__(self, policy: str | Policy = "pr13805-reviewed",
+                 config: Config | dict[str, Any] | None = None,
+                 properties: Sequence[Property] = PROPERTIES) -> None:
+        self.policy = get_policy(policy) if isinstance(policy, str) else policy
+        self.config = (Config(**config) if isinstance(config, dict)
+                       else config if config is not None else Config())
+        self.model = Model(self.config, self.policy)
+        self.state: State = self.model.initial()
+        self.steps: list[Step] = []
+        self.properties = tuple(properties)
+
+    def apply(self, name: str, r: int = 0, **args: Any) -> Any:
+        """Apply one action and record it; returns the action's result."""
+        self.state, result = self.model.step(self.state, name, r, **args)
+        self.steps.append(Step(name, r, dict(args), None if result is None else bool(result)))
+        return result
+
+    def trace(self, violated: Sequence[str] = (), source: str = "driver") -> Trace:
+        """The actions applied so far as a trace."""
+        return Trace(self.policy, self.config, tuple(self.steps), tuple(violated), source)
+
+    def check_invariants(self) -> None:
+        """Raise :class:`PropertyViolated` for the first violated property."""
+        bad = self.model.violations(self.state, self.properties)
+        if bad:
+            raise PropertyViolated(bad[0], with_digests(self.trace(bad, "driver")))
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_") or name in ("model", "state"):
+            raise AttributeError(name)
+        self.model.action(name)  # raises InvalidArgument for unknown names
+        return lambda r=0, **args: self.apply(name, r, **args)
+
+
+def make_state_machine(config: Config, policy: Policy,
+                       properties: Sequence[Property] = PROPERTIES,
+                       source: str = "hypothesis") -> type[RuleBasedStateMachine]:
+    """A RuleBasedStateMachine class for ``policy`` checking ``properties``."""
+    model = Model(config, policy)
+
+    def init(self: Any) -> None:
+        RuleBasedStateMachine.__init__(self)
+        self.driver = ModelDriver(policy, config, properties)
+
+    body: dict[str, Any] = {"__init__": init}
+    for a in model.actions:
+        body[a.name] = _rule_for(model, a)
+    for p in properties:
+        body[f"inv_{p.name}"] = _invariant_for(p, source)
+    return type(f"KVSpecMachine_{policy.name.replace('-', '_')}", (RuleBasedStateMachine,), body)
+
+
+def _enabled(model: Model, state: State, a: Action) -> list[tuple[int, dict[str, Any]]]:
+    return [(r, args) for name, r, args in _steps_of(model, state, a)]
+
+
+def _steps_of(model: Model, state: State, a: Action) -> list[tuple[str, int, dict[str, Any]]]:
+    out = []
+    slots = range(model.config.num_requests) if a.per_request else range(1)
+    domains = [(p.name, p.domain(model.config)) for p in a.params]
+    for r in slots:
+        for args in _args(domains):
+            if a.guard(model.ctx, state, r, **args):
+                out.append((a.name, r, args))
+    return out
+
+
+def _args(domains: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    combos: list[dict[str, Any]] = [{}]
+    for name, values in domains:
+        combos = [{**c, name: v} for c in combos for v in values]
+    return combos
+
+
+def _rule_for(model: Model, a: Action) -> Any:
+    def has_enabled(self: Any) -> bool:
+        return bool(_enabled(model, self.driver.state, a))
+
+    @precondition(has_enabled)
+    @rule(data=st.data())
+    def step(self: Any, data: st.DataObject) -> None:
+        choices = _enabled(model, self.driver.state, a)
+        r, args = data.draw(st.sampled_from(choices), label=a.name)
+        self.driver.apply(a.name, r, **args)
+
+    step.__name__ = a.name
+    return step
+
+
+def _invariant_for(p: Property, source: str) -> Any:
+    @invariant()
+    def check(self: Any) -> None:
+        if not p.check(self.driver.model.ctx, self.driver.state):
+            raise PropertyViolated(p.id, with_digests(self.driver.trace((p.id,), source)))
+
+    check.__name__ = f"inv_{p.name}"
+    return check
