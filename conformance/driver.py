@@ -1,0 +1,323 @@
+"""The executor side for one implementation: one request object per slot, each model action
+translated into manager calls, and :func:`abstract` mapping the implementation's state into the
+model's observable fields (plus the structural checks only an implementation can fail).
+
+Implementations never import the model; this module is the only mapping between the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kvspec.config import Config
+from kvspec.errors import InvalidArgument, InvariantViolation, ProtocolError
+from kvspec.policy import Policy
+from kvspec.reference.request import LlmRequest, RequestState
+
+# The model's encodings (kept here as plain ints: the driver never imports the model).
+DONE, CONTEXT, GENERATION = 0, 1, 2
+ACTIVE, SUSPENDED = 0, 1
+NONE = -1
+
+OBS_FIELDS: tuple[str, ...] = (
+    "phase", "pos", "has_cache", "status", "never_resumed", "on_host", "capacity", "history",
+    "committed", "snapshot", "draft_record")
+"""Per-slot observed fields, in :data:`SlotObs` order (the model's ``Req`` field names)."""
+F = {name: i for i, name in enumerate(OBS_FIELDS)}
+EMPTY_CACHE = (False, SUSPENDED, False, False, 0, 0, 0)
+"""has_cache .. committed of a slot without a cache (the model's empty values)."""
+
+SlotObs = tuple[int, ...]
+Observation = tuple[tuple[SlotObs, ...], int, int]
+"""(per-slot observations, gpu_free, host_free)."""
+
+
+@dataclass
+class StepOutcome:
+    """What one driver step did: the manager's return value, or the InvariantViolation it
+    raised (state unchanged), plus ids of properties the driver detected from observations
+    and misuse-probe failures."""
+
+    result: bool | None = None
+    raised: InvariantViolation | None = None
+    detected: frozenset[str] = frozenset()
+    misuse: str = ""
+
+
+def blocks(capacity: int, tokens_per_block: int) -> int:
+    """ceil(capacity / tokens_per_block)."""
+    return -(-capacity // tokens_per_block)
+
+
+class Driver:
+    """Plays the executor for one manager, slot by slot, in the model's action vocabulary.
+
+    Cost: one or two manager calls per action plus one :func:`abstract` per step (O(slots)
+    observation calls). Effect: mutates the manager and the slot request objects.
+
+    Args:
+        manager: an object implementing :class:`kvspec.conformance.adapter.KVManager`.
+        config, policy: the model's configuration and policy (the manager got the same).
+        probe_misuse: after each ``free_resources`` call it again and require a
+            :class:`ProtocolError` that changes nothing (double free must be refused).
+    """
+
+    def __init__(self, manager: Any, config: Config, policy: Policy, *,
+                 probe_misuse: bool = True) -> None:
+        self.manager = manager
+        self.config = config
+        self.policy = policy
+        self.probe_misuse = probe_misuse
+        n = config.num_requests
+        self.reqs: list[LlmRequest | None] = [None] * n
+        # executor-side marks for the properties conformance checks itself; maintained by
+        # kvspec.conformance.detect.observe_step (reset here when a slot is (re)filled)
+        self.fresh = [False] * n          # snapshot written by a success this iteration
+        self.gen_outstanding = [False] * n
+        self.resized = [False] * n
+        self.ran = [False] * n
+        self.pinned_start = [0] * n
+        self._never_resumed = callable(getattr(manager, "is_never_resumed", None))
+        self._ops: dict[str, Callable[..., StepOutcome]] = {
+            "arrive": self._arrive, "prepare_context": self._prepare_context,
+            "resize_context": self._resize_context,
+            "try_allocate_generation": self._try_allocate_generation,
+            "suspend_request": self._suspend_request, "evict_to_host": self._evict_to_host,
+            "free_resources": self._free_resources, "decide": self._decide,
+            "revert_allocate_context": self._revert_allocate_context,
+            "revert_allocate_generation": self._revert_allocate_generation,
+            "forward": self._forward, "end_iteration": self._end_iteration,
+        }
+
+    # ---- dispatch ------------------------------------------------------------------------
+
+    def apply(self, name: str, r: int, args: Mapping[str, Any]) -> StepOutcome:
+        """Perform model action ``name`` on the implementation.
+
+        Returns the manager's result; an :class:`InvariantViolation` is caught into
+        ``StepOutcome.raised`` (the driver's own fields are rolled back). Any other exception
+        propagates (the lockstep reports it as a divergence).
+
+        Raises:
+            InvalidArgument: ``name`` is not an action the driver knows.
+        """
+        op = self._ops.get(name)
+        if op is None:
+            raise InvalidArgument(
+                f"driver: action {name!r} has no translation; known: {', '.join(self._ops)}")
+        try:
+            return op(r, **args)
+        except InvariantViolation as exc:
+            return StepOutcome(raised=exc)
+
+    def _req(self, r: int) -> LlmRequest:
+        req = self.reqs[r]
+        if req is None:
+            raise ProtocolError(f"driver: slot {r} has no request; the model's guard should"
+                                " have prevented this action")
+        return req
+
+    # ---- SCHEDULE stage ------------------------------------------------------------------
+
+    def _arrive(self, r: int, prompt_len: int, chunk_size: int, draft_len: int) -> StepOutcome:
+        self.reqs[r] = LlmRequest(request_id=r, prompt_len=prompt_len,
+                                  context_chunk_size=chunk_size, draft_len=draft_len)
+        self._reset_slot(r)
+        return StepOutcome()
+
+    def _reset_slot(self, r: int) -> None:
+        self.fresh[r] = self.gen_outstanding[r] = self.resized[r] = self.ran[r] = False
+        self.pinned_start[r] = 0
+
+    def _prepare_context(self, r: int) -> StepOutcome:
+        return StepOutcome(result=bool(self.manager.prepare_context(self._req(r))))
+
+    def _resize_context(self, r: int) -> StepOutcome:
+        req = self._req(r)
+        return StepOutcome(result=bool(self.manager.resize_context(
+            req, req.context_resize_tokens())))
+
+    def _try_allocate_generation(self, r: int) -> StepOutcome:
+        return StepOutcome(result=bool(self.manager.try_allocate_generation(self._req(r))))
+
+    def _suspend_request(self, r: int) -> StepOutcome:
+        self.manager.suspend_request(self._req(r))
+        return StepOutcome()
+
+    def _evict_to_host(self, r: int) -> StepOutcome:
+        ok = self.manager.evict_to_host(self._req(r))
+        # The model only evicts when the host has room: a False return is a divergence.
+        return StepOutcome(result=None if ok is None or ok else False)
+
+    def _free_resources(self, r: int) -> StepOutcome:
+        req = self._req(r)
+        self.manager.free_resources(req)
+        req.state = RequestState.GENERATION_COMPLETE
+        self.reqs[r] = None
+        self._reset_slot(r)
+        misuse = self._probe_double_free(req) if self.probe_misuse else ""
+        return StepOutcome(misuse=misuse)
+
+    def _probe_double_free(self, req: LlmRequest) -> str:
+        """A second free_resources must raise ProtocolError and change nothing."""
+        before = self.fingerprint()
+        try:
+            self.manager.free_resources(req)
+        except ProtocolError:
+            after = self.fingerprint()
+            if after != before:
+                return ("free_resources on an already freed request raised ProtocolError but"
+                        " changed the manager state")
+            return ""
+        except Exception as exc:  # noqa: BLE001 - any other error is the finding
+            return (f"free_resources on an already freed request raised"
+                    f" {type(exc).__name__}: {exc}; expected ProtocolError (double free)")
+        return ("free_resources on an already freed request (request"
+                f" {req.request_id}) was silently accepted; a double free must raise"
+                " ProtocolError and change nothing")
+
+    def fingerprint(self) -> object:
+        """A comparable value of the manager state: ``snapshot_state()`` when offered, else
+        the observation plus page tables."""
+        snap = getattr(self.manager, "snapshot_state", None)
+        if callable(snap):
+            return snap()
+        tables = tuple(tuple(self.manager.get_page_table(r)) if self.manager.has_cache(r)
+                       else () for r in range(self.config.num_requests))
+        return abstract(self), tables
+
+    # ---- decision and SETTLE stage ------------------------------------------------------
+
+    def _decide(self, r: int, wait: bool, can_queue: bool) -> StepOutcome:
+        return StepOutcome()  # executor bookkeeping only; the manager is not involved
+
+    def _revert_allocate_context(self, r: int) -> StepOutcome:
+        return StepOutcome(result=bool(self.manager.revert_allocate_context(self._req(r))))
+
+    def _revert_allocate_generation(self, r: int) -> StepOutcome:
+        self.manager.revert_allocate_generation(self._req(r))
+        return StepOutcome()
+
+    def _forward(self, r: int, accepted: int) -> StepOutcome:
+        req = self._req(r)
+        if req.state == RequestState.CONTEXT_INIT:
+            old = req.context_current_position
+            req.context_current_position = old + req.num_context_tokens()
+            try:
+                self.manager.update_context_resources([req])
+            except BaseException:
+                req.context_current_position = old
+                raise
+            if req.context_current_position == req.prompt_len:
+                req.state = RequestState.GENERATION_IN_PROGRESS
+        else:
+            self.manager.update_resources([req], [accepted])
+        return StepOutcome()
+
+    def _end_iteration(self, r: int) -> StepOutcome:
+        if self.policy.clear_snapshot_at_iteration_start:
+            for req in self.reqs:
+                if req is not None:
+                    req.py_ctx_pre_resize_cap = None
+        return StepOutcome()
+
+
+def pinned(q: SlotObs, config: Config, policy: Policy) -> int:
+    """GPU pages a slot pins: an ACTIVE cache's, or any GPU-resident one without a host tier."""
+    if not q[2] or q[5]:
+        return 0
+    if policy.host_tier and q[3] != ACTIVE:
+        return 0
+    return blocks(q[6], config.tokens_per_block)
+
+
+def abstract(driver: Driver) -> Observation:
+    """Map the implementation's state to the model's observable fields.
+
+    Per slot (:data:`OBS_FIELDS`): phase/pos/snapshot from the driver's request object, the
+    cache fields from the manager (only asked when ``has_cache``; the empty values otherwise),
+    ``never_resumed`` as -2 ("not observed") when the manager lacks ``is_never_resumed``.
+    Cost: about ten manager calls per slot.
+    """
+    m = driver.manager
+    slots = []
+    for r, req in enumerate(driver.reqs):
+        if req is None:
+            phase, pos, snap = DONE, 0, NONE
+        else:
+            phase = CONTEXT if req.state == RequestState.CONTEXT_INIT else GENERATION
+            pos = req.context_current_position
+            snap = NONE if req.py_ctx_pre_resize_cap is None else req.py_ctx_pre_resize_cap
+        if m.has_cache(r):
+            never = int(bool(m.is_never_resumed(r))) if driver._never_resumed else -2
+            cache = (1, int(m.get_status(r)), never, int(bool(m.is_on_host(r))),
+                     int(m.get_capacity(r)), int(m.get_history(r)), int(m.get_committed(r)))
+        else:
+            cache = (0, SUSPENDED, 0 if driver._never_resumed else -2, 0, 0, 0, 0)
+        rec = m.get_draft_record(r)
+        slots.append((phase, pos, *cache, snap, NONE if rec is None else int(rec)))
+    return tuple(slots), int(m.num_free_gpu_pages), int(m.num_free_host_pages)
+
+
+def structure(driver: Driver) -> list[str]:
+    """Structural checks only an implementation can fail; messages of the failures.
+
+    Per tier: page ids within 1..pages, no id in two page tables or twice in one, no page both
+    free and held (with ``free_page_ids``), free + held == total; per cache: table length ==
+    ceil(capacity / B), 0 <= committed <= history <= capacity, ACTIVE caches on GPU; plus the
+    manager's own ``check_integrity`` when offered. Cost: O(pages).
+    """
+    m, k = driver.manager, driver.config
+    out: list[str] = []
+    totals = (k.num_gpu_pages, k.num_host_pages if driver.policy.host_tier else 0)
+    held: tuple[dict[int, int], dict[int, int]] = ({}, {})
+    for r in range(k.num_requests):
+        if not m.has_cache(r):
+            continue
+        cap, hist, com = m.get_capacity(r), m.get_history(r), m.get_committed(r)
+        on_host = bool(m.is_on_host(r))
+        table = list(m.get_page_table(r))
+        if len(table) != blocks(cap, k.tokens_per_block):
+            out.append(f"slot {r}: page table has {len(table)} pages for capacity {cap}"
+                       f" (expected ceil({cap}/{k.tokens_per_block}) ="
+                       f" {blocks(cap, k.tokens_per_block)})")
+        if not 0 <= com <= hist <= cap:
+            out.append(f"slot {r}: committed {com} <= history {hist} <= capacity {cap} fails")
+        if on_host and int(m.get_status(r)) == ACTIVE:
+            out.append(f"slot {r}: ACTIVE cache is on the host tier")
+        tier = 1 if on_host else 0
+        for page in table:
+            if not 1 <= page <= totals[tier]:
+                out.append(f"slot {r}: {'host' if tier else 'GPU'} page id {page} outside"
+                           f" 1..{totals[tier]}")
+            elif page in held[tier]:
+                out.append(f"{'host' if tier else 'GPU'} page {page} held by slot {r} and by"
+                           f" slot {held[tier][page]}")
+            held[tier][page] = r
+    frees = (int(m.num_free_gpu_pages), int(m.num_free_host_pages))
+    ids_fn = getattr(m, "free_page_ids", None)
+    free_ids = ids_fn() if callable(ids_fn) else None
+    for tier, name in ((0, "GPU"), (1, "host")):
+        if frees[tier] + len(held[tier]) != totals[tier]:
+            out.append(f"{name} tier: {frees[tier]} free + {len(held[tier])} held !="
+                       f" {totals[tier]} pages (conservation)")
+        if free_ids is None:
+            continue
+        ids = list(free_ids[tier])
+        if len(ids) != frees[tier]:
+            out.append(f"{name} tier: {len(ids)} free page ids but num_free = {frees[tier]}")
+        if len(set(ids)) != len(ids):
+            out.append(f"{name} tier: a page id is free twice: {sorted(ids)}")
+        both = sorted(set(ids) & set(held[tier]))
+        if both:
+            out.append(f"{name} tier: pages {both} are both free and held by slot"
+                       f" {held[tier][both[0]]}")
+    check = getattr(m, "check_integrity", None)
+    if callable(check):
+        try:
+            check()
+        except (InvariantViolation, ProtocolError) as exc:
+            out.append(f"check_integrity: {exc}")
+    return out

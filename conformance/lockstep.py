@@ -1,0 +1,243 @@
+"""Model and implementation in lockstep: compare after every step.
+
+Compared per step: the return value, every observed field of every slot, the free page
+counts, the structural checks of :func:`~kvspec.conformance.driver.structure`, the misuse
+probes of the driver, and "the same violation": the set of invariant ids the model's ghost
+flags newly set at this step against the ids the implementation raised
+(:class:`~kvspec.errors.InvariantViolation`, state unchanged) or
+:func:`~kvspec.conformance.detect.observe_step` detected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from operator import attrgetter
+from typing import Any
+
+from kvspec.config import Config
+from kvspec.errors import InvalidArgument, KVSpecError
+from kvspec.policy import Policy
+from kvspec.spec.model import Model
+from kvspec.spec.state import State
+from kvspec.spec.trace import Step, Trace
+
+from .adapter import Factory, make_manager
+from .detect import FLAG_IDS, observe_step
+from .driver import OBS_FIELDS, Driver, Observation, abstract, structure
+from .driver import F as _F
+from .report import Divergence, FieldDiff
+
+_FLAGS = tuple(FLAG_IDS)
+_CLEAR = {f: False for f in _FLAGS}
+_get_obs = attrgetter(*OBS_FIELDS)
+_get_flags = attrgetter(*_FLAGS)
+_NEVER = _F["never_resumed"]
+
+
+class StepRejected(InvalidArgument):
+    """The model does not allow a step (its guard is false): the sequence is not a behaviour."""
+
+
+def model_observation(s: State, mask_never_resumed: bool = False) -> Observation:
+    """The model state's observable fields in the driver's :data:`Observation` layout."""
+    slots = tuple(_get_obs(q) for q in s.reqs)
+    if mask_never_resumed:
+        slots = tuple(q[:_NEVER] + (-2,) + q[_NEVER + 1:] for q in slots)
+    return slots, s.gpu_free, s.host_free
+
+
+def render_observation(obs: Observation) -> str:
+    """``r0{phase=1 pos=0 ...} r1{...} gpu_free=4 host_free=4`` (fields as the model names)."""
+    parts = []
+    for r, q in enumerate(obs[0]):
+        parts.append(f"r{r}{{" + " ".join(f"{n}={_show(n, v)}" for n, v in zip(OBS_FIELDS, q))
+                     + "}")
+    return " ".join(parts) + f" gpu_free={obs[1]} host_free={obs[2]}"
+
+
+def _show(name: str, v: Any) -> str:
+    if name in ("snapshot", "draft_record") and v == -1:
+        return "None"
+    if name == "phase":
+        return ("DONE", "CONTEXT", "GENERATION")[v] if v in (0, 1, 2) else str(v)
+    if name == "status":
+        return ("ACTIVE", "SUSPENDED")[v] if v in (0, 1) else str(v)
+    if isinstance(v, bool) or name in ("has_cache", "on_host", "never_resumed"):
+        return "n/a" if v == -2 else str(bool(v))
+    return str(v)
+
+
+class Lockstep:
+    """One model and one implementation instance advanced together.
+
+    Cost per step: one model step (~10 us), one or two manager calls, one observation
+    (~10 manager calls per slot) and, with ``check_structure``, O(pages) structural checks.
+
+    Args:
+        factory: ``factory(config, policy) -> manager``.
+        config, policy: shared by both sides.
+        check_structure: run :func:`structure` after every step (else only at the end).
+        probe_misuse: see :class:`~kvspec.conformance.driver.Driver`.
+        impl_name: used in reports.
+
+    Raises:
+        InvalidArgument: the factory's manager lacks the adapter API.
+    """
+
+    def __init__(self, factory: Factory, config: Config, policy: Policy, *,
+                 check_structure: bool = True, probe_misuse: bool = True,
+                 impl_name: str = "", model: Model | None = None) -> None:
+        self.config, self.policy, self.impl_name = config, policy, impl_name
+        self.model = model if model is not None else Model(config, policy)
+        self.state = self.model.initial()
+        self.driver = Driver(make_manager(factory, config, policy), config, policy,
+                             probe_misuse=probe_misuse)
+        self.check_structure = check_structure
+        self._mask = not self.driver._never_resumed
+        self.obs = abstract(self.driver)
+        self.steps: list[Step] = []
+        self.violated: list[str] = []
+
+    def initial_divergence(self) -> Divergence | None:
+        """A divergence at step 0 if the fresh manager does not look like the initial state."""
+        exp = model_observation(self.state, self._mask)
+        diffs = _diff_obs(exp, self.obs) + [FieldDiff("structure", "[]", m)
+                                            for m in structure(self.driver)]
+        return self._divergence(0, "initial state", diffs, exp, self.state) if diffs else None
+
+    def step(self, name: str, r: int = 0, args: dict[str, Any] | None = None
+             ) -> Divergence | None:
+        """Apply ``name(r, **args)`` to both sides and compare; None when they agree.
+
+        Raises:
+            StepRejected: the model's guard is false (nothing changed on either side).
+        """
+        args = {} if args is None else args
+        m = self.model
+        before_state = self.state
+        try:
+            out = m.step(before_state, name, r, **args)
+        except InvalidArgument as exc:
+            raise StepRejected(str(exc)) from None
+        new_state = out.state
+        flags = _get_flags(new_state)
+        model_new: frozenset[str] = frozenset()
+        if any(flags):
+            model_new = frozenset(FLAG_IDS[f] for f, v in zip(_FLAGS, flags) if v)
+            new_state = new_state._replace(**_CLEAR)
+            self.violated.extend(sorted(model_new - set(self.violated)))
+        expected_result = None if out.result is None else bool(out.result)
+        self.state = new_state
+        self.steps.append(Step(name, r, dict(args), expected_result))
+        before = self.obs
+        diffs: list[FieldDiff] = []
+        d = self.driver
+        try:
+            outcome = d.apply(name, r, args)
+            after = abstract(d)
+            found = observe_step(d, name, r, args, outcome, before, after)
+        except KVSpecError as exc:
+            return self._crash(name, r, args, exc, before_state)
+        except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
+            return self._crash(name, r, args, exc, before_state)
+        self.obs = after
+        exp = model_observation(new_state, self._mask)
+        if outcome.raised is not None:
+            pass  # a refusal returns nothing; the violation and the unchanged state count
+        elif m.action(name).returns and outcome.result != expected_result:
+            diffs.append(FieldDiff("result", str(expected_result), str(outcome.result)))
+        elif name == "evict_to_host" and outcome.result is False:
+            diffs.append(FieldDiff("result", "None (evicted)", "False (host tier refused)"))
+        if outcome.raised is not None:
+            rid = outcome.raised.invariant_id
+            if rid not in model_new:
+                diffs.append(FieldDiff(
+                    "violations", _ids(model_new),
+                    f"raised InvariantViolation({rid}): {outcome.raised}"))
+        elif found != model_new:
+            diffs.append(FieldDiff("violations", _ids(model_new), _ids(found)))
+        if exp != after:
+            diffs.extend(_diff_obs(exp, after))
+        if outcome.misuse:
+            diffs.append(FieldDiff("misuse", "ProtocolError, nothing changed", outcome.misuse))
+        if self.check_structure:
+            diffs.extend(FieldDiff("structure", "[]", msg) for msg in structure(d))
+        if diffs:
+            return self._divergence(len(self.steps), self._call(name, r, args), diffs, exp,
+                                    before_state, after)
+        return None
+
+    def final_check(self) -> Divergence | None:
+        """Structural checks once more (for runs with ``check_structure=False``)."""
+        msgs = structure(self.driver)
+        if not msgs:
+            return None
+        exp = model_observation(self.state, self._mask)
+        return self._divergence(len(self.steps), "end of run",
+                                [FieldDiff("structure", "[]", msg) for msg in msgs], exp,
+                                self.state)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _call(self, name: str, r: int, args: dict[str, Any]) -> str:
+        return Step(name, r, args).call(self.model.action(name).per_request)
+
+    def _crash(self, name: str, r: int, args: dict[str, Any], exc: BaseException,
+               before_state: State) -> Divergence:
+        exp = model_observation(self.state, self._mask)
+        diff = FieldDiff("raised", "no exception", f"{type(exc).__name__}: {exc}")
+        try:
+            after: Observation | None = abstract(self.driver)
+        except Exception:  # noqa: BLE001 - the observation itself may be what is broken
+            after = None
+        return self._divergence(len(self.steps), self._call(name, r, args), [diff], exp,
+                                before_state, after)
+
+    def _divergence(self, index: int, action: str, diffs: list[FieldDiff], exp: Observation,
+                    before_state: State, after: Observation | None = None) -> Divergence:
+        enabled = tuple(Step(n, r, a).call(self.model.action(n).per_request)
+                        for n, r, a in self.model.enabled_steps(before_state))
+        trace = Trace(self.policy, self.config, tuple(self.steps), tuple(self.violated),
+                      source=f"conformance:{self.impl_name}")
+        return Divergence(index, action, diffs, trace, enabled, render_observation(exp),
+                          "" if after is None else render_observation(after), self.impl_name)
+
+
+def _ids(ids: Iterable[str]) -> str:
+    s = sorted(ids)
+    return "{" + ", ".join(s) + "}" if s else "{} (none)"
+
+
+def _diff_obs(exp: Observation, act: Observation) -> list[FieldDiff]:
+    out: list[FieldDiff] = []
+    for r, (qe, qa) in enumerate(zip(exp[0], act[0])):
+        if qe != qa:
+            for n, ve, va in zip(OBS_FIELDS, qe, qa):
+                if ve != va:
+                    out.append(FieldDiff(f"r{r}.{n}", _show(n, ve), _show(n, va)))
+    for i, n in ((1, "gpu_free"), (2, "host_free")):
+        if exp[i] != act[i]:
+            out.append(FieldDiff(n, str(exp[i]), str(act[i])))
+    return out
+
+
+def run_steps(factory: Factory, config: Config, policy: Policy,
+              steps: Sequence[tuple[str, int, dict[str, Any]]] | Sequence[Step], *,
+              impl_name: str = "", check_structure: bool = True,
+              probe_misuse: bool = True) -> Divergence | None:
+    """Run a step sequence in lockstep; the first divergence or None.
+
+    Raises:
+        StepRejected: a step is not allowed by the model (the sequence is not a behaviour).
+    """
+    ls = Lockstep(factory, config, policy, impl_name=impl_name,
+                  check_structure=check_structure, probe_misuse=probe_misuse)
+    div = ls.initial_divergence()
+    if div is not None:
+        return div
+    for st in steps:
+        name, r, args = (st.action, st.r, st.args) if isinstance(st, Step) else st
+        div = ls.step(name, r, dict(args))
+        if div is not None:
+            return div
+    return ls.final_check()
