@@ -1,0 +1,96 @@
+"""The hypothesis tier: a RuleBasedStateMachine generated from the model's action registry.
+
+One rule per action; its precondition is "some (slot, args) of this action is enabled"; the
+rule draws among the enabled (slot, args) and steps model and implementation in lockstep; the
+invariant re-runs the structural checks. A divergence raises :class:`DivergenceFound` carrying
+the :class:`~kvspec.conformance.report.Divergence`; hypothesis then shrinks the sequence.
+Cost: ~100x a walker step (hypothesis bookkeeping and full argument enumeration).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from kvspec.config import Config
+from kvspec.errors import ConformanceError
+from kvspec.policy import Policy
+from kvspec.spec.model import Model
+from kvspec.spec.registry import Action
+
+from .adapter import Factory
+from .driver import structure
+from .lockstep import Lockstep
+from .report import Divergence
+
+
+class DivergenceFound(ConformanceError):
+    """Raised inside the state machine; ``divergence`` holds the report."""
+
+    def __init__(self, divergence: Divergence) -> None:
+        super().__init__(divergence.render())
+        self.divergence = divergence
+
+
+def _all_args(model: Model, a: Action) -> list[dict[str, Any]]:
+    names = [p.name for p in a.params]
+    domains = [tuple(p.domain(model.config)) for p in a.params]
+    return [dict(zip(names, c)) for c in itertools.product(*domains)]
+
+
+def make_machine(factory: Factory, config: Config, policy: Policy, *,
+                 impl_name: str = "", probe_misuse: bool = True) -> type[RuleBasedStateMachine]:
+    """A state machine class checking ``factory``'s manager against the model under
+    ``policy``; run it with ``run_state_machine_as_test`` (or ``.TestCase`` in pytest).
+    ``cls.steps_run[0]`` counts the lockstep steps of all examples."""
+    model = Model(config, policy)
+    arg_table = {a.name: _all_args(model, a) for a in model.actions}
+
+    def init(self: Any) -> None:
+        RuleBasedStateMachine.__init__(self)
+        self.lock = Lockstep(factory, config, policy, impl_name=impl_name, model=model,
+                             check_structure=False, probe_misuse=probe_misuse)
+        div = self.lock.initial_divergence()
+        if div is not None:
+            raise DivergenceFound(div)
+        self._cache_key = None
+        self._cache = {}
+
+    def enabled(self: Any, name: str) -> list[tuple[int, dict[str, Any]]]:
+        s = self.lock.state
+        if self._cache_key is not s:
+            self._cache_key, self._cache = s, {}
+        if name not in self._cache:
+            a = model.action(name)
+            slots = range(config.num_requests) if a.per_request else range(1)
+            self._cache[name] = [(r, args) for r in slots for args in arg_table[name]
+                                 if a.guard(model.ctx, s, r, **args)]
+        return self._cache[name]
+
+    def make_rule(name: str) -> Any:
+        @precondition(lambda self: bool(self._enabled(name)))
+        @rule(data=st.data())
+        def step(self: Any, data: st.DataObject) -> None:
+            r, args = data.draw(st.sampled_from(self._enabled(name)), label=name)
+            type(self).steps_run[0] += 1
+            div = self.lock.step(name, r, dict(args))
+            if div is not None:
+                raise DivergenceFound(div)
+        step.__name__ = name
+        return step
+
+    def check_structure(self: Any) -> None:
+        msgs = structure(self.lock.driver)
+        if msgs:
+            div = self.lock.final_check()
+            if div is not None:
+                raise DivergenceFound(div)
+
+    body: dict[str, Any] = {"__init__": init, "steps_run": [0], "_enabled": enabled,
+                            "check_structure": invariant()(check_structure)}
+    for a in model.actions:
+        body[a.name] = make_rule(a.name)
+    return type(f"Conformance_{policy.name.replace('-', '_')}", (RuleBasedStateMachine,), body)
