@@ -45,6 +45,8 @@ class ManagerCore:
         self.policy = policy
         self.device = torch.device(device) if device is not None else default_device()
         self.block = config.tokens_per_block
+        self.block_shift = self.block.bit_length() - 1 if self.block & (self.block - 1) == 0 \
+            else None
         self.num_rows = config.num_requests
         self.width = width
         self.transfer = Transfer(self.device)
@@ -58,7 +60,9 @@ class ManagerCore:
     # ---- helpers shared by the operations -------------------------------------------------
 
     def blocks(self, capacity: torch.Tensor) -> torch.Tensor:
-        """ceil(capacity / B) elementwise (2 ops)."""
+        """ceil(capacity / B) elementwise (2 ops; a shift when B is a power of two)."""
+        if self.block_shift is not None:
+            return (capacity + (self.block - 1)) >> self.block_shift
         return torch.div(capacity + (self.block - 1), self.block, rounding_mode="floor")
 
     def ids(self, reqs: Sequence[RequestLike]) -> list[int]:

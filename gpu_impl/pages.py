@@ -40,9 +40,9 @@ class PagePool:
         table: int32 [num_rows, width], entries ``[:count[row]]`` are the row's pages in order,
             the rest are :data:`NULL_PAGE`.
         count: int64 [num_rows] pages per row in this tier.
-        stack: int32 [num_pages] free pages; ``stack[:free]`` are free, the top is
+        stack: int64 [num_pages] free pages; ``stack[:free]`` are free, the top is
             ``stack[free - 1]``. Pops take from the top, pushes go on top.
-        owner: int32 [num_pages + 1] row owning each page, :data:`FREE_OWNER` when free,
+        owner: int64 [num_pages + 1] row owning each page, :data:`FREE_OWNER` when free,
             :data:`NULL_OWNER` for page 0.
         free: Python int mirror of the stack height (no device read needed to know it).
 
@@ -55,17 +55,29 @@ class PagePool:
     def __init__(self, num_pages: int, num_rows: int, width: int, device: torch.device,
                  pin: bool = False) -> None:
         self.num_pages = num_pages
+        self.num_rows = num_rows
         self.width = width
         self.device = device
-        self.table = torch.zeros((num_rows, width), dtype=torch.int32, device=device)
+        # Each tensor has one scratch slot past its public view (table row ``num_rows``, stack
+        # slot ``num_pages``, owner slot ``num_pages + 1``): the fixed-shape row paths
+        # (:meth:`grow_one`, :meth:`shrink_one`) send the writes of rows with nothing to do
+        # there instead of compacting the batch. Scratch contents are garbage, never read.
+        self.table_full = torch.zeros((num_rows + 1, width), dtype=torch.int32, device=device)
+        self.table = self.table_full[:num_rows]
+        self.table_flat = self.table_full.view(-1)
         self.count = torch.zeros(num_rows, dtype=torch.int64, device=device)
         # Initial stack [G, G-1, ..., 1]: the first pops hand out pages 1, 2, 3, ...
-        self.stack = torch.arange(num_pages, 0, -1, dtype=torch.int32, device=device)
-        self.owner = torch.full((num_pages + 1,), FREE_OWNER, dtype=torch.int32, device=device)
+        self.stack_full = torch.zeros(num_pages + 1, dtype=torch.int64, device=device)
+        self.stack_full[:num_pages] = torch.arange(num_pages, 0, -1, dtype=torch.int64,
+                                                   device=device)
+        self.stack = self.stack_full[:num_pages]
+        self.owner_full = torch.full((num_pages + 2,), FREE_OWNER, dtype=torch.int64,
+                                     device=device)
+        self.owner = self.owner_full[:num_pages + 1]
         self.owner[NULL_PAGE] = NULL_OWNER
         if pin:
-            self.table = self.table.pin_memory()
-            self.stack = self.stack.pin_memory()
+            raise NotImplementedError("pinned page pools are not used")
+        self.scratch_entry = num_rows * width  # flat index of the scratch table row
         self.free = num_pages
 
     def fit(self, need: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
@@ -118,8 +130,8 @@ class PagePool:
             pos = self.free - 1 - excl[seg] - j
             pages = self.stack[pos]
             seg_rows = rows[seg]
-            self.table[seg_rows, old[seg] + j] = pages
-            self.owner[pages.long()] = seg_rows.to(torch.int32)
+            self.table[seg_rows, old[seg] + j] = pages.to(torch.int32)
+            self.owner[pages] = seg_rows
         self.count[rows] = new_count
         self.free -= total
         return total
@@ -137,13 +149,48 @@ class PagePool:
         if total:
             seg_rows = rows[seg]
             cols = old[seg] - 1 - j
-            pages = self.table[seg_rows, cols]
+            pages = self.table[seg_rows, cols].long()
             self.stack[self.free + excl[seg] + j] = pages
             self.table[seg_rows, cols] = NULL_PAGE
-            self.owner[pages.long()] = FREE_OWNER
+            self.owner[pages] = FREE_OWNER
         self.count[rows] = new_count
         self.free += total
         return total
+
+    def grow_one(self, rows: torch.Tensor, old: torch.Tensor, need: torch.Tensor,
+                 cum: torch.Tensor, total: int) -> None:
+        """:meth:`grow` for growths of at most one page per row, in fixed shape.
+
+        Args: rows (distinct), ``old`` = count[rows], ``need`` in {0, 1}, ``cum`` = inclusive
+        cumsum of ``need``, ``total`` = cum[-1] <= free. Does not write ``count``.
+        Row i (need 1) takes the page at stack position ``free - cum[i]``, which is what the
+        sequential pops hand it; rows with need 0 write into the scratch slots.
+        Cost: 9 tensor ops of size len(rows), no data-dependent shapes, no sync.
+        """
+        has = need > 0
+        pages = self.stack_full.index_select(0, self.free - cum)
+        entry = torch.where(has, rows * self.width + old, self.scratch_entry)
+        self.table_flat.scatter_(0, entry, pages.to(torch.int32))
+        self.owner_full.scatter_(0, torch.where(has, pages, self.num_pages + 1), rows)
+        self.free -= total
+
+    def shrink_one(self, rows: torch.Tensor, old: torch.Tensor, rel: torch.Tensor,
+                   total: int) -> None:
+        """:meth:`shrink` for releases of at most one page per row, in fixed shape.
+
+        Args: rows (distinct), ``old`` = count[rows], ``rel`` in {0, 1}, ``total`` = sum rel.
+        Row i (rel 1) pushes its last page at stack position ``free + cum[i] - 1`` (rows in
+        order, as the sequential pushes). Does not write ``count``. Cost: 13 tensor ops, no sync.
+        """
+        has = rel > 0
+        cum = torch.cumsum(rel, 0)
+        entry = torch.where(has, rows * self.width + (old - 1), self.scratch_entry)
+        pages = self.table_flat.index_select(0, entry).long()
+        self.stack_full.scatter_(0, torch.where(has, cum + (self.free - 1), self.num_pages),
+                                 pages)
+        self.table_flat.scatter_(0, entry, NULL_PAGE)
+        self.owner_full.scatter_(0, torch.where(has, pages, self.num_pages + 1), FREE_OWNER)
+        self.free += total
 
     def pages_of(self, rows: torch.Tensor) -> torch.Tensor:
         """Every page of ``rows`` as int64 [sum count], row by row, columns ascending (4 ops)."""

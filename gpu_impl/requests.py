@@ -54,7 +54,10 @@ class CacheState:
 
         self.capacity = zeros()
         self.history = zeros()
-        self.committed = zeros()
+        # committed == history in every state the protocol reaches (both are set together by
+        # update_context_resources / update_resources, zeroed together otherwise), so it is the
+        # same tensor: one scatter less per update.
+        self.committed = self.history
         self.status = torch.full((num_rows,), SUSPENDED, dtype=torch.int64, device=device)
         self.draft_record = torch.full((num_rows,), NO_RECORD, dtype=torch.int64, device=device)
         self.has_cache = flags()

@@ -43,7 +43,7 @@ def test_new_cache_is_resumed_and_snapshot_written() -> None:
 
 @pytest.mark.parametrize(("policy", "cleared"), [("pr13805", False), ("pr13805-reviewed", True)])
 def test_failed_first_chunk_suspends_and_snapshot_rule(policy: str, cleared: bool) -> None:
-    m = make(policy)
+    m = make(policy, CFG.replace(max_util_for_resume=1))  # the full pool must not gate resume
     admit(m, 0, 12)  # all 6 pages
     r = GpuRequest(1, prompt_len=4, context_chunk_size=4)
     assert m.prepare_context(r)
