@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from kvspec.config import Config
@@ -143,7 +143,10 @@ def hypothesis_tier(factory: Factory, config: Config, policy: Policy, *, example
     kw: dict[str, object] = {}
     if derandomize is not None:
         kw["derandomize"] = derandomize
-    opts = settings(max_examples=examples, stateful_step_count=step_count, deadline=None,
+    # hypothesis's own shrinking is slow on long stateful runs; ddmin below does the job
+    opts = settings(max_examples=examples,
+                    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+                    stateful_step_count=step_count, deadline=None,
                     database=None, suppress_health_check=[HealthCheck.too_slow,
                                                           HealthCheck.filter_too_much],
                     **kw)  # type: ignore[arg-type]

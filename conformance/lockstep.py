@@ -195,12 +195,25 @@ class Lockstep:
 
     def _divergence(self, index: int, action: str, diffs: list[FieldDiff], exp: Observation,
                     before_state: State, after: Observation | None = None) -> Divergence:
-        enabled = tuple(Step(n, r, a).call(self.model.action(n).per_request)
-                        for n, r, a in self.model.enabled_steps(before_state))
+        enabled = summarize_enabled(self.model, before_state)
         trace = Trace(self.policy, self.config, tuple(self.steps), tuple(self.violated),
                       source=f"conformance:{self.impl_name}")
         return Divergence(index, action, diffs, trace, enabled, render_observation(exp),
                           "" if after is None else render_observation(after), self.impl_name)
+
+
+def summarize_enabled(model: Model, s: State, limit: int = 4) -> tuple[str, ...]:
+    """The model's enabled calls in ``s``, at most ``limit`` argument tuples per (action,
+    slot) and a count of the rest (``arrive(r=1, ...) +71 more``)."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for n, r, a in model.enabled_steps(s):
+        groups.setdefault((n, r), []).append(Step(n, r, a).call(model.action(n).per_request))
+    out: list[str] = []
+    for calls in groups.values():
+        out.extend(calls[:limit])
+        if len(calls) > limit:
+            out.append(f"... +{len(calls) - limit} more {calls[0].split('(')[0]}")
+    return tuple(out)
 
 
 def _ids(ids: Iterable[str]) -> str:

@@ -25,6 +25,27 @@ def same_bug(a: Divergence, b: Divergence) -> bool:
         a.kinds() == b.kinds()
 
 
+def _iterations(steps: Sequence[Step]) -> list[set[int]]:
+    """Index sets of whole iterations (up to and including each ``end_iteration``)."""
+    out: list[set[int]] = []
+    cur: set[int] = set()
+    for i, st in enumerate(steps):
+        cur.add(i)
+        if st.action == "end_iteration":
+            out.append(cur)
+            cur = set()
+    return out
+
+
+def _slots(steps: Sequence[Step]) -> list[set[int]]:
+    """Per request slot, the indices of its per-request steps (global actions excluded)."""
+    by: dict[int, set[int]] = {}
+    for i, st in enumerate(steps):
+        if st.action not in ("decide", "end_iteration", "others"):
+            by.setdefault(st.r, set()).add(i)
+    return list(by.values())
+
+
 def shrink(div: Divergence, run: Reproduce, *, max_runs: int = 2000) -> Divergence:
     """The smallest divergence found by ddmin plus a one-step-removal pass.
 
@@ -45,6 +66,26 @@ def shrink(div: Divergence, run: Reproduce, *, max_runs: int = 2000) -> Divergen
         return d if d is not None and same_bug(div, d) else None
 
     steps = list(best.trace.steps)
+    # coarse passes first: whole iterations, then every step of one slot
+    for group in (_iterations(steps), _slots(steps)):
+        for drop in group:
+            cand = [st for i, st in enumerate(steps) if i not in drop]
+            d = attempt(cand) if drop and len(cand) < len(steps) else None
+            if d is not None:
+                best, steps = d, list(d.trace.steps)
+                break
+    changed = True
+    while changed and runs < max_runs:  # repeat iteration drops to a fixpoint
+        changed = False
+        for drop in _iterations(steps):
+            d = attempt([st for i, st in enumerate(steps) if i not in drop])
+            if d is not None:
+                best, steps, changed = d, list(d.trace.steps), True
+                break
+    for drop in _slots(steps):
+        d = attempt([st for i, st in enumerate(steps) if i not in drop])
+        if d is not None:
+            best, steps = d, list(d.trace.steps)
     n = 2
     while len(steps) >= 2 and runs < max_runs:
         chunk = max(1, len(steps) // n)
