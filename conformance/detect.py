@@ -44,6 +44,11 @@ def _utilization_exceeded(d: Driver, obs: Observation) -> bool:
     return used * u.denominator > u.numerator * g
 
 
+def _gen_revert_acts(b: tuple[int, ...]) -> bool:
+    rec = b[_F["draft_record"]]
+    return bool(rec != NONE and b[_HAS] and b[_STATUS] == ACTIVE and b[_CAP] - 1 - rec >= 0)
+
+
 def observe_step(d: Driver, name: str, r: int, args: dict[str, Any], out: StepOutcome,
                  before: Observation, after: Observation) -> frozenset[str]:
     """Ids of the properties the implementation violated in this step; updates the marks.
@@ -52,10 +57,15 @@ def observe_step(d: Driver, name: str, r: int, args: dict[str, Any], out: StepOu
     observations around the step; a step that raised is judged only by what it raised.
     """
     found: set[str] = set()
-    if out.raised is not None:
-        found.add(out.raised.invariant_id)
-        return frozenset(found)
     b, a = before[0][r], after[0][r]
+    if out.raised is not None:  # refused: only what the call itself could tell
+        found.add(out.raised.invariant_id)
+        if name == "revert_allocate_generation" and _gen_revert_acts(b) \
+                and not d.gen_outstanding[r]:
+            found.add("GEN-EXACTLY-ONCE")
+        if name == "revert_allocate_context" and b[_F["snapshot"]] != NONE and not d.fresh[r]:
+            found.add("NO-STALE-SNAPSHOT")
+        return frozenset(found)
     if name in ("prepare_context", "resize_context", "try_allocate_generation"):
         if out.result is False and any(b[i] != a[i] for i in _ATOMIC):
             found.add("INV-ATOMIC")
@@ -81,8 +91,7 @@ def observe_step(d: Driver, name: str, r: int, args: dict[str, Any], out: StepOu
                     and b[_CAP] - d.config.max_rewind_len > b[_HIST]):
                 found.add("SWA-REWIND")  # the shrink went through instead of being refused
     elif name == "revert_allocate_generation":
-        rec = b[_F["draft_record"]]
-        acts = (rec != NONE and b[_HAS] and b[_STATUS] == ACTIVE and b[_CAP] - 1 - rec >= 0)
+        acts = _gen_revert_acts(b)
         if acts and not d.gen_outstanding[r]:
             found.add("GEN-EXACTLY-ONCE")
         if acts and a[_CAP] < b[_HIST]:

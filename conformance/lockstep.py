@@ -97,6 +97,8 @@ class Lockstep:
         self.obs = abstract(self.driver)
         self.steps: list[Step] = []
         self.violated: list[str] = []
+        self.last_model_violations: frozenset[str] = frozenset()
+        self.last_impl_violations: frozenset[str] = frozenset()
 
     def initial_divergence(self) -> Divergence | None:
         """A divergence at step 0 if the fresh manager does not look like the initial state."""
@@ -141,6 +143,8 @@ class Lockstep:
         except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
             return self._crash(name, r, args, exc, before_state)
         self.obs = after
+        self.last_model_violations = model_new
+        self.last_impl_violations = found
         exp = model_observation(new_state, self._mask)
         if outcome.raised is not None:
             pass  # a refusal returns nothing; the violation and the unchanged state count
@@ -148,14 +152,11 @@ class Lockstep:
             diffs.append(FieldDiff("result", str(expected_result), str(outcome.result)))
         elif name == "evict_to_host" and outcome.result is False:
             diffs.append(FieldDiff("result", "None (evicted)", "False (host tier refused)"))
-        if outcome.raised is not None:
-            rid = outcome.raised.invariant_id
-            if rid not in model_new:
-                diffs.append(FieldDiff(
-                    "violations", _ids(model_new),
-                    f"raised InvariantViolation({rid}): {outcome.raised}"))
-        elif found != model_new:
-            diffs.append(FieldDiff("violations", _ids(model_new), _ids(found)))
+        if found != model_new:
+            shown = _ids(found)
+            if outcome.raised is not None:
+                shown += f" (raised InvariantViolation: {outcome.raised})"
+            diffs.append(FieldDiff("violations", _ids(model_new), shown))
         if exp != after:
             diffs.extend(_diff_obs(exp, after))
         if outcome.misuse:
