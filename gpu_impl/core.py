@@ -14,7 +14,7 @@ from kvspec.policy import Policy
 
 from .kv_store import KVStore
 from .pages import PagePool
-from .requests import ACTIVE, CacheState, RequestLike
+from .requests import ACTIVE, CacheState, RequestLike, RequestMirror
 from .transfer import Transfer
 
 
@@ -51,6 +51,7 @@ class ManagerCore:
         self.width = width
         self.transfer = Transfer(self.device)
         self.cache = CacheState(self.num_rows, self.device)
+        self.req = RequestMirror(self.num_rows, self.device)
         self.gpu = PagePool(config.num_gpu_pages, self.num_rows, width, self.device)
         host_pages = config.num_host_pages if policy.host_tier else 0
         self.host = PagePool(host_pages, self.num_rows, width, torch.device("cpu"))

@@ -14,7 +14,7 @@ from kvspec.config import Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 
-from . import context_ops, generation_ops, integrity, tiering
+from . import context_ops, generation_ops, integrity, row_ops, tiering
 from .core import ManagerCore
 from .pages import expand
 from .requests import NO_RECORD, RequestLike
@@ -120,6 +120,60 @@ class Manager(ManagerCore):
     def free_resources_batch(self, reqs: Sequence[RequestLike]) -> None:
         """Batched :meth:`free_resources`."""
         generation_ops.free_resources_batch(self, reqs)
+
+    # ---- protocol, row tensors (the hot path; see row_ops) ----------------------------------
+
+    def resize_context_rows(self, rows: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
+        """:meth:`resize_context_batch` on int64 rows; pos/snapshot in the mirror
+        (``self.req``). Returns bool [k] on the device."""
+        return row_ops.resize_context_rows(self, rows, num_tokens)
+
+    def revert_allocate_context_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """:meth:`revert_allocate_context_batch` on rows (snapshot/pos in the mirror)."""
+        return row_ops.revert_allocate_context_rows(self, rows)
+
+    def update_context_resources_rows(self, rows: torch.Tensor, pos: torch.Tensor) -> None:
+        """:meth:`update_context_resources` on rows with the new positions as a tensor."""
+        row_ops.update_context_resources_rows(self, rows, pos)
+
+    def try_allocate_generation_rows(self, rows: torch.Tensor,
+                                     draft: torch.Tensor) -> torch.Tensor:
+        """:meth:`try_allocate_generation_batch` on rows with their draft lengths."""
+        return row_ops.try_allocate_generation_rows(self, rows, draft)
+
+    def revert_allocate_generation_rows(self, rows: torch.Tensor) -> None:
+        """:meth:`revert_allocate_generation_batch` on rows."""
+        row_ops.revert_allocate_generation_rows(self, rows)
+
+    def update_resources_rows(self, rows: torch.Tensor, accepted: torch.Tensor,
+                              draft: torch.Tensor | None = None) -> None:
+        """:meth:`update_resources_batch` on rows (draft defaults to the mirror's)."""
+        row_ops.update_resources_rows(self, rows, accepted, draft)
+
+    def load_requests(self, reqs: Sequence[RequestLike]) -> None:
+        """Copies pos, snapshot and draft_len of request objects into the mirror."""
+        if not reqs:
+            return
+        ids = self.ids(reqs)
+        cols = self.transfer.columns(
+            ids, [r.context_current_position for r in reqs],
+            [-1 if r.py_ctx_pre_resize_cap is None else r.py_ctx_pre_resize_cap for r in reqs],
+            [r.draft_len for r in reqs])
+        rows = cols[0]
+        self.req.pos.index_copy_(0, rows, cols[1])
+        self.req.snap.index_copy_(0, rows, cols[2])
+        self.req.draft.index_copy_(0, rows, cols[3])
+
+    def store_requests(self, reqs: Sequence[RequestLike]) -> None:
+        """Copies the mirror's pos and snapshot back into request objects."""
+        if not reqs:
+            return
+        rows = torch.tensor(self.ids(reqs), dtype=torch.int64).to(self.device)
+        pos = self.req.pos.index_select(0, rows).tolist()
+        snap = self.req.snap.index_select(0, rows).tolist()
+        for r, p, s in zip(reqs, pos, snap, strict=True):
+            r.context_current_position = p
+            r.py_ctx_pre_resize_cap = None if s < 0 else s
 
     # ---- KV data ----------------------------------------------------------------------------
 

@@ -165,11 +165,11 @@ class PagePool:
         cumsum of ``need``, ``total`` = cum[-1] <= free. Does not write ``count``.
         Row i (need 1) takes the page at stack position ``free - cum[i]``, which is what the
         sequential pops hand it; rows with need 0 write into the scratch slots.
-        Cost: 9 tensor ops of size len(rows), no data-dependent shapes, no sync.
+        Cost: 8 tensor ops of size len(rows), no data-dependent shapes, no sync.
         """
         has = need > 0
         pages = self.stack_full.index_select(0, self.free - cum)
-        entry = torch.where(has, rows * self.width + old, self.scratch_entry)
+        entry = torch.where(has, torch.add(old, rows, alpha=self.width), self.scratch_entry)
         self.table_flat.scatter_(0, entry, pages.to(torch.int32))
         self.owner_full.scatter_(0, torch.where(has, pages, self.num_pages + 1), rows)
         self.free -= total
@@ -180,11 +180,12 @@ class PagePool:
 
         Args: rows (distinct), ``old`` = count[rows], ``rel`` in {0, 1}, ``total`` = sum rel.
         Row i (rel 1) pushes its last page at stack position ``free + cum[i] - 1`` (rows in
-        order, as the sequential pushes). Does not write ``count``. Cost: 13 tensor ops, no sync.
+        order, as the sequential pushes). Does not write ``count``. Cost: 12 tensor ops, no sync.
         """
         has = rel > 0
         cum = torch.cumsum(rel, 0)
-        entry = torch.where(has, rows * self.width + (old - 1), self.scratch_entry)
+        entry = torch.where(has, torch.add(old - 1, rows, alpha=self.width),
+                            self.scratch_entry)
         pages = self.table_flat.index_select(0, entry).long()
         self.stack_full.scatter_(0, torch.where(has, cum + (self.free - 1), self.num_pages),
                                  pages)

@@ -79,3 +79,21 @@ class CacheState:
     def state(self) -> tuple[tuple[int, ...], ...]:
         """Every field as a tuple of ints (a comparable copy)."""
         return tuple(tuple(int(v) for v in getattr(self, f).tolist()) for f in self.FIELDS)
+
+
+class RequestMirror:
+    """Request-side fields of every slot as int64 [num_rows] tensors on the device.
+
+    pos: ``context_current_position``; snap: ``py_ctx_pre_resize_cap`` (-1 for None);
+    draft: ``draft_len`` (set by try_allocate_generation_rows, read by update_resources_rows).
+    """
+
+    def __init__(self, num_rows: int, device: torch.device) -> None:
+        self.pos = torch.zeros(num_rows, dtype=torch.int64, device=device)
+        self.snap = torch.full((num_rows,), -1, dtype=torch.int64, device=device)
+        self.draft = torch.zeros(num_rows, dtype=torch.int64, device=device)
+        # scratch for the duplicate check, and a ones vector to count with
+        self.seen = torch.zeros(num_rows, dtype=torch.int64, device=device)
+        self.ones = torch.ones(num_rows, dtype=torch.int64, device=device)
+        # (rows tensor, its _version) that passed the row checks; at most 4 kept
+        self.valid_rows: list[tuple[torch.Tensor, int]] = []

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from kvspec.gpu_impl import GpuRequest, Manager, token_value
 
 from kvspec.config import Config
 from kvspec.errors import KVSpecError
+from kvspec.gpu_impl import GpuRequest, Manager, token_value
 from kvspec.policy import Policy
 
 DONE, CONTEXT, GENERATION = 0, 1, 2

@@ -8,11 +8,11 @@ import torch
 from gpu_helpers import expected_kv
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvspec.gpu_impl import GpuRequest, Manager
-from kvspec.gpu_impl.pages import PagePool
 
 from kvspec.config import Config
 from kvspec.errors import InvalidArgument, InvariantViolation, ProtocolError
+from kvspec.gpu_impl import GpuRequest, Manager
+from kvspec.gpu_impl.pages import PagePool
 from kvspec.policy import PRESETS
 
 CFG = Config(tokens_per_block=2, num_gpu_pages=6, num_host_pages=4, num_requests=3,

@@ -1,0 +1,191 @@
+"""The row-tensor API equals the object API (batched): same results, same raised error types,
+identical ``snapshot_state`` (page ids and free-stack order included) and request fields, on
+random runs where the pool runs out often. (Object batch == single calls in order is
+test_gpu_lockstep's; the fast paths against single calls directly are tested below.)"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from gpu_helpers import gpu_impl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvspec.config import Config
+from kvspec.errors import InvalidArgument, KVSpecError, ProtocolError
+from kvspec.gpu_impl import GpuRequest, Manager
+from kvspec.policy import PRESETS
+
+POLICIES = sorted(PRESETS)
+SMALL = Config(tokens_per_block=2, num_gpu_pages=9, num_host_pages=4, num_requests=5,
+               max_prompt_len=9, max_draft_len=3, max_util_for_resume=1, max_rewind_len=3)
+
+
+def _none(_: object) -> None:
+    return None
+
+
+class Trio:
+    """The same protocol on the row API and the object batch API (the single-call lambdas are
+    kept for reading; only the first two managers are compared)."""
+
+    def __init__(self, cfg: Config, policy_name: str) -> None:
+        policy = PRESETS[policy_name]
+        self.policy = policy
+        self.row = Manager(cfg, policy, device="cpu", kv_width=1)
+        self.obj = gpu_impl(cfg, policy, True).mgr
+        self.seq = gpu_impl(cfg, policy, False).mgr
+        self.reqs: dict[str, dict[int, GpuRequest]] = {"row": {}, "obj": {}, "seq": {}}
+        self.n = cfg.num_requests
+
+    def run(self, name: str, row_fn, obj_fn, seq_fn) -> object:  # type: ignore[no-untyped-def]
+        out = []
+        for fn, mgr in ((row_fn, self.row), (obj_fn, self.obj)):
+            before = mgr.snapshot_state()
+            try:
+                r = fn()
+                out.append(("ok", r.tolist() if isinstance(r, torch.Tensor) else r))
+            except KVSpecError as exc:
+                out.append(("raise", type(exc).__name__))
+                assert mgr.snapshot_state() == before, f"{name}: raise mutated state"
+        assert out[0] == out[1], f"{name}: {out}"
+        assert self.row.snapshot_state() == self.obj.snapshot_state(), f"{name}: states differ"
+        self.row.check_integrity()
+        return out[0]
+
+    def check_mirror(self) -> None:
+        """The mirror holds exactly the object API's request fields."""
+        rq = list(self.reqs["row"].values())
+        if rq:
+            mirror = [GpuRequest(q.request_id) for q in rq]
+            self.row.store_requests(mirror)
+            objs = [self.reqs["obj"][q.request_id] for q in rq]
+            assert [(a.context_current_position, a.py_ctx_pre_resize_cap) for a in mirror] == [
+                (b.context_current_position, b.py_ctx_pre_resize_cap) for b in objs]
+
+    def step(self, rng: random.Random) -> None:
+        kind = rng.choice(["arrive", "resize", "revert_ctx", "update_ctx", "grow", "revert_gen",
+                           "trim", "suspend", "free", "bad"])
+        live = [r for r in range(self.n) if self.obj.has_cache(r)]
+        rids = rng.sample(range(self.n), rng.randint(0, self.n))
+        if kind == "arrive":
+            rid = rng.randrange(self.n)
+            if self.obj.has_cache(rid):
+                return
+            p, d = rng.randint(1, 9), rng.randint(0, 3)
+            for key in self.reqs:
+                self.reqs[key][rid] = GpuRequest(rid, prompt_len=p, context_chunk_size=3,
+                                                 draft_len=d)
+            self.run("prepare", lambda: self.row.prepare_context(self.reqs["row"][rid]),
+                     lambda: self.obj.prepare_context(self.reqs["obj"][rid]),
+                     lambda: self.seq.prepare_context(self.reqs["seq"][rid]))
+            self.row.load_requests([self.reqs["row"][rid]])
+            return
+        rids = [r for r in rids if r in self.reqs["obj"]]
+        rows = torch.tensor(rids, dtype=torch.int64)
+        o = [self.reqs["obj"][r] for r in rids]
+        s = [self.reqs["seq"][r] for r in rids]
+        if kind == "resize":
+            n = [rng.randint(0, 4) for _ in rids]
+            self.run("resize", lambda: self.row.resize_context_rows(rows, torch.tensor(n)),
+                     lambda: self.obj.resize_context_batch(o, n),
+                     lambda: [self.seq.resize_context(q, k) for q, k in zip(s, n, strict=True)])
+        elif kind == "revert_ctx" and not self.policy.swa_scratch_reuse:
+            self.run("revert_ctx", lambda: self.row.revert_allocate_context_rows(rows),
+                     lambda: self.obj.revert_allocate_context_batch(o),
+                     lambda: [self.seq.revert_allocate_context(q) for q in s])
+        elif kind == "update_ctx":
+            pos = [min(self.obj.get_capacity(r), self.obj.get_history(r) + rng.randint(0, 3))
+                   for r in rids]
+            old = [q.context_current_position for q in o]
+            for q, p in zip(o + s, pos + pos, strict=True):
+                q.context_current_position = p
+            res = self.run("update_ctx",
+                     lambda: self.row.update_context_resources_rows(rows, torch.tensor(pos)),
+                     lambda: self.obj.update_context_resources(o),
+                     lambda: self.seq.update_context_resources(s))
+            if res[0] == "raise":  # the caller's positions were not taken
+                for q, p in zip(o + s, old + old, strict=True):
+                    q.context_current_position = p
+        elif kind == "grow":
+            d = [q.draft_len for q in o]
+            self.run("grow", lambda: self.row.try_allocate_generation_rows(rows, torch.tensor(d)),
+                     lambda: self.obj.try_allocate_generation_batch(o),
+                     lambda: [self.seq.try_allocate_generation(q) for q in s])
+        elif kind == "revert_gen" and not self.policy.draft_record_before_resize:
+            self.run("revert_gen", lambda: self.row.revert_allocate_generation_rows(rows),
+                     lambda: self.obj.revert_allocate_generation_batch(o),
+                     lambda: _none([self.seq.revert_allocate_generation(q) for q in s]))
+        elif kind == "trim":
+            acc = [rng.randint(0, q.draft_len) for q in o]
+            self.run("trim", lambda: self.row.update_resources_rows(rows, torch.tensor(acc)),
+                     lambda: self.obj.update_resources_batch(o, acc),
+                     lambda: _none([self.seq.update_resources([q], [a])
+                                    for q, a in zip(s, acc, strict=True)]))
+        elif kind in ("suspend", "free") and live:
+            rid = rng.choice(live)
+            op = "suspend_request" if kind == "suspend" else "free_resources"
+            self.run(kind, lambda: getattr(self.row, op)(self.reqs["row"][rid]),
+                     lambda: getattr(self.obj, op)(self.reqs["obj"][rid]),
+                     lambda: getattr(self.seq, op)(self.reqs["seq"][rid]))
+        elif kind == "bad":
+            with pytest.raises(ProtocolError):
+                self.row.try_allocate_generation_rows(torch.tensor([self.n]), torch.tensor([0]))
+            if len(rids) >= 1:
+                dup = torch.tensor([rids[0], rids[0]])
+                with pytest.raises(InvalidArgument):
+                    self.row.update_resources_rows(dup, torch.tensor([0, 0]))
+
+
+@pytest.mark.parametrize("policy_name", POLICIES)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_rows_equal_object_and_sequential(policy_name: str, seed: int) -> None:
+    rng = random.Random(seed)
+    trio = Trio(SMALL, policy_name)
+    for _ in range(60):
+        trio.step(rng)
+        trio.check_mirror()
+
+
+def test_fast_path_pops_and_pushes_like_sequential() -> None:
+    """Large batch, one page per row or several: the fixed-shape paths and the general
+    paths leave the state of the single calls."""
+    cfg = Config(tokens_per_block=4, num_gpu_pages=400, num_host_pages=0, num_requests=64,
+                 max_util_for_resume=1)
+    policy = PRESETS["pr13805-reviewed"]
+    row, seq = Manager(cfg, policy, device="cpu"), Manager(cfg, policy, device="cpu")
+    rq = [GpuRequest(i, prompt_len=5, context_chunk_size=5, draft_len=i % 4) for i in range(64)]
+    sq = [GpuRequest(i, prompt_len=5, context_chunk_size=5, draft_len=i % 4) for i in range(64)]
+    for a, b in zip(rq, sq, strict=True):
+        row.prepare_context(a)
+        seq.prepare_context(b)
+    row.load_requests(rq)
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    order = perm.tolist()
+    n = torch.tensor([5 + (i % 3) * 4 for i in order])  # 2..5 pages: the general path
+    assert row.resize_context_rows(perm, n).all()
+    for i, k in zip(order, n.tolist(), strict=True):
+        assert seq.resize_context(sq[i], k)
+    row.update_context_resources_rows(perm, torch.full((64,), 5))
+    for q in sq:
+        q.context_current_position = 5
+    seq.update_context_resources([sq[i] for i in order])
+    assert row.snapshot_state() == seq.snapshot_state()
+    d = torch.tensor([i % 4 for i in order])
+    for _ in range(4):  # grow (<= 1 page each), revert half, regrow, trim
+        assert row.try_allocate_generation_rows(perm, d).all()
+        assert all(seq.try_allocate_generation(sq[i]) for i in order)
+        row.revert_allocate_generation_rows(perm[:32])
+        for i in order[:32]:
+            seq.revert_allocate_generation(sq[i])
+        assert row.try_allocate_generation_rows(perm[:32], d[:32]).all()
+        assert all(seq.try_allocate_generation(sq[i]) for i in order[:32])
+        acc = torch.tensor([(i * 7) % (i % 4 + 1) for i in order])
+        row.update_resources_rows(perm, acc)
+        for i, a in zip(order, acc.tolist(), strict=True):
+            seq.update_resources([sq[i]], [a])
+        assert row.snapshot_state() == seq.snapshot_state()
+        row.check_integrity()
