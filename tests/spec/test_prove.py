@@ -1,0 +1,81 @@
+"""The z3 matrix: what the semantics note implies must be found, not stated."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvspec.config import Config
+from kvspec.policy import PRESETS, get_policy
+from kvspec.spec.invariants import PROPERTIES, PROPERTY_IDS, get_property
+from kvspec.spec.prove import Matrix, bmc, houdini, k_induction, prove_matrix
+from kvspec.spec.trace import Trace, replay
+
+
+@pytest.fixture(scope="module")
+def matrix() -> Matrix:
+    return prove_matrix(Config(), list(PRESETS.values()))
+
+
+def status(m: Matrix, pol: str, inv: str) -> str:
+    return m.get(pol, inv).status
+
+
+def test_every_cell_is_decided(matrix: Matrix) -> None:
+    assert len(matrix.cells) == len(PRESETS) * len(PROPERTIES)
+    assert {v.status for v in matrix.cells.values()} <= {"PROVED", "REFUTED"}
+
+
+def test_pr13805_with_swa_scratch_reuse_breaks_swa_rewind(matrix: Matrix) -> None:
+    assert status(matrix, "pr13805", "SWA-REWIND") == "REFUTED"
+
+
+def test_pr14849_keeps_deferred_growth_but_lengths_and_pages_hold(matrix: Matrix) -> None:
+    assert status(matrix, "pr14849", "NO-DEFERRED-HOLD") == "REFUTED"
+    for inv in ("INV-LEN", "INV-CONSERVE", "GEN-EXACTLY-ONCE"):
+        assert status(matrix, "pr14849", inv) == "PROVED"
+
+
+def test_snapshot_written_on_success_only_with_failed_resize_rollback_is_stale(
+        matrix: Matrix) -> None:
+    assert status(matrix, "stale-snapshot", "NO-STALE-SNAPSHOT") == "REFUTED"
+
+
+def test_pr13805_reviewed_without_scratch_reuse_keeps_everything(matrix: Matrix) -> None:
+    for inv in PROPERTY_IDS:
+        assert status(matrix, "pr13805-reviewed", inv) == "PROVED", inv
+
+
+def test_unreverted_skip_path_of_pr13805_is_found(matrix: Matrix) -> None:
+    v = matrix.get("pr13805", "NO-DEFERRED-HOLD")
+    assert v.trace is not None
+    assert any(s.action == "decide" and s.args["can_queue"] is False for s in v.trace.steps)
+
+
+def test_refuted_traces_replay_on_the_concrete_model(matrix: Matrix) -> None:
+    for v in matrix.cells.values():
+        if v.trace is None:
+            continue
+        rep = replay(Trace.from_jsonl(v.trace.to_jsonl()))
+        assert v.invariant in rep.final_violations
+        # shortest: the violation appears exactly at the last step
+        assert v.invariant not in rep.violations[-2]
+
+
+def test_bmc_counterexamples_are_shortest() -> None:
+    """No counterexample exists one step shorter (BMC explores every shorter depth)."""
+    pol = get_policy("stale-snapshot")
+    prop = get_property("NO-STALE-SNAPSHOT")
+    assert bmc(Config(), pol, [prop], max_depth=9) == {}
+    assert len(bmc(Config(), pol, [prop], max_depth=10)["NO-STALE-SNAPSHOT"]) == 10
+
+
+def test_houdini_drops_exactly_the_refuted_properties_under_the_reviewed_policy() -> None:
+    ind = houdini(Config(), get_policy("pr13805-reviewed"))
+    assert set(ind.properties) == set(PROPERTY_IDS)
+    assert ind.lemmas  # the strengthening is not empty
+
+
+def test_k_induction_does_not_prove_a_false_property() -> None:
+    pol = get_policy("pr14849")
+    ind = houdini(Config(), pol)
+    assert not k_induction(Config(), pol, get_property("NO-DEFERRED-HOLD"), ind, 2)
