@@ -164,33 +164,36 @@ class PagePool:
         Args: rows (distinct), ``old`` = count[rows], ``need`` in {0, 1}, ``cum`` = inclusive
         cumsum of ``need``, ``total`` = cum[-1] <= free. Does not write ``count``.
         Row i (need 1) takes the page at stack position ``free - cum[i]``, which is what the
-        sequential pops hand it; rows with need 0 write into the scratch slots.
-        Cost: 8 tensor ops of size len(rows), no data-dependent shapes, no sync.
+        sequential pops hand it, and adds it into its null entry ``table[row, old]`` and the
+        page's owner (-1 + row + 1). Rows with need 0 add 0: into entry ``row * width + old``
+        (a null entry, the next row's first entry or the scratch row when the row is full:
+        adding 0 is harmless anywhere) and into the null page's owner. No masks, no ``where``.
+        Cost: 7 tensor ops of size len(rows), no data-dependent shapes, no sync.
         """
-        has = need > 0
-        pages = self.stack_full.index_select(0, self.free - cum)
-        entry = torch.where(has, torch.add(old, rows, alpha=self.width), self.scratch_entry)
-        self.table_flat.scatter_(0, entry, pages.to(torch.int32))
-        self.owner_full.scatter_(0, torch.where(has, pages, self.num_pages + 1), rows)
+        pages = self.stack_full.index_select(0, torch.rsub(cum, self.free)) * need
+        self.table_flat.index_add_(0, torch.add(old, rows, alpha=self.width),
+                                   pages.to(torch.int32))
+        self.owner_full.index_add_(0, pages, (rows + 1) * need)
         self.free -= total
 
-    def shrink_one(self, rows: torch.Tensor, old: torch.Tensor, rel: torch.Tensor,
+    def shrink_one(self, rows: torch.Tensor, new: torch.Tensor, rel: torch.Tensor,
                    total: int) -> None:
         """:meth:`shrink` for releases of at most one page per row, in fixed shape.
 
-        Args: rows (distinct), ``old`` = count[rows], ``rel`` in {0, 1}, ``total`` = sum rel.
-        Row i (rel 1) pushes its last page at stack position ``free + cum[i] - 1`` (rows in
-        order, as the sequential pushes). Does not write ``count``. Cost: 12 tensor ops, no sync.
+        Args: rows (distinct), ``new`` = the new count[rows], ``rel`` = old count - new in
+        {0, 1}, ``total`` = sum rel. Row i (rel 1) pushes its last page (entry ``new``) at
+        stack position ``free + cum[i] - 1`` (rows in order, as the sequential pushes). Rows
+        with rel 0 read entry ``row * width + new`` (masked to 0), subtract 0 from it and from
+        the null page's owner, and push into the scratch slot. Does not write ``count``.
+        Cost: 11 tensor ops, no ``where``, no sync.
         """
-        has = rel > 0
-        cum = torch.cumsum(rel, 0)
-        entry = torch.where(has, torch.add(old - 1, rows, alpha=self.width),
-                            self.scratch_entry)
-        pages = self.table_flat.index_select(0, entry).long()
-        self.stack_full.scatter_(0, torch.where(has, cum + (self.free - 1), self.num_pages),
-                                 pages)
-        self.table_flat.scatter_(0, entry, NULL_PAGE)
-        self.owner_full.scatter_(0, torch.where(has, pages, self.num_pages + 1), FREE_OWNER)
+        entry = torch.add(new, rows, alpha=self.width)
+        pages = self.table_flat.index_select(0, entry) * rel  # int64
+        self.table_flat.index_add_(0, entry, pages.to(torch.int32), alpha=-1)
+        # stack slot: free + cum - 1 for rel 1, the scratch slot num_pages for rel 0
+        slot = (rel.cumsum(0) + (self.free - 1 - self.num_pages)) * rel + self.num_pages
+        self.stack_full.scatter_(0, slot, pages)
+        self.owner_full.index_add_(0, pages, (rows + 1) * rel, alpha=-1)
         self.free += total
 
     def pages_of(self, rows: torch.Tensor) -> torch.Tensor:

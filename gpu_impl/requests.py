@@ -95,5 +95,6 @@ class RequestMirror:
         # scratch for the duplicate check, and a ones vector to count with
         self.seen = torch.zeros(num_rows, dtype=torch.int64, device=device)
         self.ones = torch.ones(num_rows, dtype=torch.int64, device=device)
-        # (rows tensor, its _version) that passed the row checks; at most 4 kept
-        self.valid_rows: list[tuple[torch.Tensor, int]] = []
+        # (base tensor, its _version, element range [lo, hi) of the storage) of rows tensors
+        # that passed the row checks; at most 4 kept
+        self.valid_rows: list[tuple[torch.Tensor, int, int, int]] = []

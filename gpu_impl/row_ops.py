@@ -25,13 +25,15 @@ from .requests import ACTIVE, CONTEXT, NO_RECORD, GpuRequest
 
 
 def _vec(m: ManagerCore, t: torch.Tensor | list[int], what: str) -> torch.Tensor:
+    if type(t) is torch.Tensor and t.dtype is torch.int64 and t.device == m.device:
+        if t.dim() != 1:
+            raise InvalidArgument(f"{what} must be a 1-D tensor")
+        return t  # the hot path: no conversion op
     if not isinstance(t, torch.Tensor):
         t = torch.tensor(t, dtype=torch.int64)
     if t.dim() != 1:
         raise InvalidArgument(f"{what} must be a 1-D tensor")
-    if t.dtype != torch.int64 or t.device != m.device:
-        t = t.to(device=m.device, dtype=torch.int64)
-    return t
+    return t.to(device=m.device, dtype=torch.int64)
 
 
 def _args(m: ManagerCore, rows: torch.Tensor | list[int],
@@ -50,33 +52,43 @@ def _row_checks(m: ManagerCore, rows: torch.Tensor) -> tuple[torch.Tensor, list[
     """Rows clamped into range (equal to ``rows`` when valid) and the 0-dim tensors that say
     whether they are valid: min, max, largest multiplicity. 6 ops, no sync.
 
-    A rows tensor that passed these checks and has not been written since (same object, same
-    ``_version``, the counter torch bumps on every in-place write to it or a view of it) is not
-    checked again: a scheduler builds one rows tensor per iteration and passes it to several
-    operations. (Writes through a numpy alias of a CPU tensor bypass the counter.)
+    Skipped (0 ops) for a rows tensor known valid: one that passed these checks, or a
+    contiguous 1-D slice of one (a slice of valid rows is in range and distinct), while the
+    storage's ``_version`` (the counter torch bumps on every in-place write to a tensor or any
+    view of it) is unchanged. A scheduler builds one rows tensor per iteration and passes it,
+    or slices of it, to several operations. (Writes through a numpy alias of a CPU tensor
+    bypass the counter.)
     """
-    for t, version in m.req.valid_rows:  # (no inference tensor is in the list)
-        if t is rows and version == rows._version:
-            return rows, []
-    lo, hi = torch.aminmax(rows)
+    base = rows._base if rows._base is not None else rows
+    if rows.is_contiguous():
+        start = rows.storage_offset()
+        end = start + rows.numel()
+        version = rows._version
+        for t, ver, lo, hi in m.req.valid_rows:  # (no inference tensor is in the list)
+            if t is base and ver == version and lo <= start and end <= hi:
+                return rows, []
+    lo_, hi_ = torch.aminmax(rows)
     rc = rows.clamp(0, m.num_rows - 1)
     seen = m.req.seen
     seen.zero_()
     seen.scatter_add_(0, rc, m.req.ones[: rows.numel()])
-    return rc, [lo, hi, seen.max()]
+    return rc, [lo_, hi_, seen.max()]
 
 
 def _passed(m: ManagerCore, rows: torch.Tensor, vals: list[int], checked: bool) -> bool:
     """Reads the row checks' values off the front of ``vals`` (removing them); remembers
-    ``rows`` as valid when they pass."""
+    ``rows`` (its base, version and element range) as valid when they pass."""
     if not checked:
         return True
     lo, hi, dup = vals[:3]
     del vals[:3]
     if lo >= 0 and hi < m.num_rows and dup <= 1:
-        if not rows.is_inference():  # inference tensors have no version counter
-            m.req.valid_rows.append((rows, rows._version))
-        del m.req.valid_rows[:-4]
+        if not rows.is_inference() and rows.is_contiguous():
+            # (inference tensors have no version counter)
+            base = rows._base if rows._base is not None else rows
+            start = int(rows.storage_offset())
+            m.req.valid_rows.append((base, rows._version, start, start + int(rows.numel())))
+            del m.req.valid_rows[:-4]
         return True
     return False
 
@@ -136,7 +148,7 @@ def _shrink(m: ManagerCore, rc: torch.Tensor, cnt: torch.Tensor, nb: torch.Tenso
     """Pushes the released pages (fixed shape when rel <= 1) and writes counts."""
     if total:
         if rel_max <= 1:
-            m.gpu.shrink_one(rc, cnt, rel, total)
+            m.gpu.shrink_one(rc, nb, rel, total)
         else:
             m.gpu.shrink(rc, nb)
             return
@@ -203,18 +215,19 @@ def revert_allocate_generation_rows(m: ManagerCore, rows: torch.Tensor | list[in
         cap = c.capacity.index_select(0, rc)
         hist = c.history.index_select(0, rc)
         cnt = m.gpu.count.index_select(0, rc)
-        target = cap - rec - 1
-        due = (rec >= 0) & (st == ACTIVE) & (target >= 0)
-        new_cap = torch.where(due, target, cap)
-        nb = torch.where(due, m.blocks(new_cap), cnt)
+        # fast path: every row ACTIVE with a draft record, the target >= history
+        d = cap - rec
+        target = d - 1
+        nb = m.blocks(target)
         rel = cnt - nb
         vals = torch.stack(
-            [*checks, torch.where(due, target - hist, 0).min(), rel.max(), rel.sum()]).tolist()
+            [*checks, st.max(), rec.min(), (target - hist).min(), rel.max(), rel.sum()]
+        ).tolist()
         ok_rows = _passed(m, rows, vals, bool(checks))
-        slack, rel_max, total = vals
-        if ok_rows and slack >= 0:
-            c.draft_record.scatter_(0, rc, NO_RECORD)
-            c.capacity.scatter_(0, rc, new_cap)
+        st_max, rec_min, slack, rel_max, total = vals
+        if ok_rows and st_max == ACTIVE and rec_min >= 0 and slack >= 0:
+            c.draft_record.index_fill_(0, rc, NO_RECORD)
+            c.capacity.scatter_(0, rc, target)
             _shrink(m, rc, cnt, nb, rel, rel_max, total)
             return
     generation_ops.revert_allocate_generation_batch(m, _requests(m, rows))
@@ -246,21 +259,22 @@ def update_resources_rows(m: ManagerCore, rows: torch.Tensor | list[int],
         cap = c.capacity.index_select(0, rc)
         hist = c.history.index_select(0, rc)
         cnt = m.gpu.count.index_select(0, rc)
-        rewind = (torch.where(rec >= 0, rec, dd) - acc).clamp_(min=0)
+        # fast path: every row ACTIVE with a draft record (the rewind is record - accepted)
+        rewind = (rec - acc).clamp_(min=0)
         new_cap = cap - rewind
         new_hist = hist + acc + 1
         nb = m.blocks(new_cap)
         rel = cnt - nb
         vals = torch.stack(
-            [*checks, st.max(), (new_cap - new_hist).min(), acc.min(), (dd - acc).min(),
-             rel.max(), rel.sum()]).tolist()
+            [*checks, st.max(), rec.min(), (new_cap - new_hist).min(), acc.min(),
+             (dd - acc).min(), rel.max(), rel.sum()]).tolist()
         ok_rows = _passed(m, rows, vals, bool(checks))
-        st_max, slack, a_min, d_slack, rel_max, total = vals
-        if (ok_rows and st_max == ACTIVE and slack >= 0 and a_min >= 0
+        st_max, rec_min, slack, a_min, d_slack, rel_max, total = vals
+        if (ok_rows and st_max == ACTIVE and rec_min >= 0 and slack >= 0 and a_min >= 0
                 and d_slack >= 0):
             c.capacity.scatter_(0, rc, new_cap)
             c.history.scatter_(0, rc, new_hist)  # committed is the same tensor
-            c.draft_record.scatter_(0, rc, NO_RECORD)
+            c.draft_record.index_fill_(0, rc, NO_RECORD)
             _shrink(m, rc, cnt, nb, rel, rel_max, total)
             return
     reqs = _requests(m, rows) if d is None else _requests(m, rows, draft_len=d)

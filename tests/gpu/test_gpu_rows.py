@@ -189,3 +189,83 @@ def test_fast_path_pops_and_pushes_like_sequential() -> None:
             seq.update_resources([sq[i]], [a])
         assert row.snapshot_state() == seq.snapshot_state()
         row.check_integrity()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_paths_at_full_rows_equal_object_api(seed: int) -> None:
+    """Width 3 at 2 tokens per page: rows sit at count == width next to rows that grow and
+    shrink, so the masked adds of the one-page paths hit the next row's first entry (and the
+    scratch row for the last row); row API == object API after every call."""
+    cfg = Config(tokens_per_block=2, num_gpu_pages=40, num_host_pages=0, num_requests=12,
+                 max_util_for_resume=1)
+    policy = PRESETS["pr13805-reviewed"]
+    row = Manager(cfg, policy, device="cpu", max_pages_per_request=3)
+    obj = Manager(cfg, policy, device="cpu", max_pages_per_request=3)
+    rng = random.Random(seed)
+    rq = [GpuRequest(i, prompt_len=3, context_chunk_size=3) for i in range(12)]
+    oq = [GpuRequest(i, prompt_len=3, context_chunk_size=3) for i in range(12)]
+    for a, b in zip(rq, oq, strict=True):
+        row.prepare_context(a)
+        obj.prepare_context(b)
+    row.load_requests(rq)
+    ids = list(range(12))
+    rows = torch.tensor(ids)
+    sizes = [rng.randint(1, 5) for _ in ids]
+    assert row.resize_context_rows(rows, torch.tensor(sizes)).all()
+    assert all(obj.resize_context_batch(oq, sizes))
+    row.update_context_resources_rows(rows, torch.tensor(sizes))
+    for q, s in zip(oq, sizes, strict=True):
+        q.context_current_position = s
+    obj.update_context_resources(oq)
+
+    def same(name: str, f_row, f_obj) -> None:  # type: ignore[no-untyped-def]
+        out = []
+        for f in (f_row, f_obj):
+            try:
+                r = f()
+                out.append(r.tolist() if isinstance(r, torch.Tensor) else r)
+            except KVSpecError as exc:
+                out.append(type(exc).__name__)
+        assert out[0] == out[1], (name, out)
+        assert row.snapshot_state() == obj.snapshot_state(), name
+        row.check_integrity()
+
+    for _ in range(30):
+        sel = rng.sample(ids, rng.randint(1, 12))
+        r = torch.tensor(sel)
+        o = [oq[i] for i in sel]
+        d = [rng.randint(0, 1) for _ in sel]
+        for q, x in zip(o, d, strict=True):
+            q.draft_len = x
+        same("grow", lambda: row.try_allocate_generation_rows(r, torch.tensor(d)),  # noqa: B023
+             lambda: obj.try_allocate_generation_batch(o))  # noqa: B023
+        h = len(sel) // 2
+        same("revert", lambda: row.revert_allocate_generation_rows(r[:h]),  # noqa: B023
+             lambda: obj.revert_allocate_generation_batch(o[:h]))  # noqa: B023
+        same("regrow", lambda: row.try_allocate_generation_rows(r[:h], torch.tensor(d[:h])),  # noqa: B023
+             lambda: obj.try_allocate_generation_batch(o[:h]))  # noqa: B023
+        acc = [rng.randint(0, x) for x in d]
+        same("trim", lambda: row.update_resources_rows(r, torch.tensor(acc)),  # noqa: B023
+             lambda: obj.update_resources_batch(o, acc))  # noqa: B023
+
+
+def test_validated_rows_and_slices_skip_checks_until_written() -> None:
+    """A slice of a rows tensor that passed the checks is valid; an in-place write to the
+    tensor (or any view) makes the next call check again and raise on a duplicate."""
+    cfg = Config(tokens_per_block=4, num_gpu_pages=64, num_host_pages=0, num_requests=8)
+    m = Manager(cfg, PRESETS["pr13805-reviewed"], device="cpu")
+    reqs = [GpuRequest(i, prompt_len=4, context_chunk_size=4) for i in range(8)]
+    for q in reqs:
+        m.prepare_context(q)
+    m.load_requests(reqs)
+    rows = torch.arange(8)
+    assert m.resize_context_rows(rows, torch.full((8,), 4)).all()
+    m.update_context_resources_rows(rows[2:6], torch.full((4,), 4))  # a slice: no checks
+    half = rows[4:]
+    half[0] = 5  # rows is now [0..4, 5, 5, 6, 7]... a duplicate inside the slice
+    with pytest.raises(InvalidArgument):
+        m.update_context_resources_rows(half, torch.full((4,), 4))
+    with pytest.raises(InvalidArgument):
+        m.update_context_resources_rows(rows, torch.full((8,), 4))
+    with pytest.raises(ProtocolError):
+        m.update_context_resources_rows(torch.arange(1, 10)[-2:], torch.full((2,), 4))
