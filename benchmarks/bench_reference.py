@@ -16,11 +16,10 @@ import statistics
 import sys
 import time
 
-from kvspec.reference import LlmRequest, PagePool
-from kvspec.reference.executor import ReferenceExecutor
-
 from kvspec.config import Config
 from kvspec.policy import get_policy
+from kvspec.reference import LlmRequest, PagePool
+from kvspec.reference.executor import ReferenceExecutor
 
 # Anchor: vLLM v1 BlockPool on a 2-core machine (shared/research/peers.md section 5).
 VLLM_ALLOC_NS = 110.0

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from kvspec.reference import LlmRequest, ReferenceKVCacheManager, RequestState
-
 from kvspec.config import Config
 from kvspec.policy import Policy, get_policy
+from kvspec.reference import LlmRequest, ReferenceKVCacheManager, RequestState
 
 
 def make_manager(policy: str | Policy = "pr13805-reviewed",

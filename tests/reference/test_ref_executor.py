@@ -6,13 +6,13 @@ import random
 from fractions import Fraction
 
 import pytest
-from kvspec.reference import CacheStatus, LlmRequest, ReferenceKVCacheManager, RequestState
-from kvspec.reference.balance import AdpCounters, RankLoad, adp_balance
-from kvspec.reference.executor import ReferenceExecutor
 
 from kvspec.config import Config
 from kvspec.errors import InvalidArgument, ProtocolError
 from kvspec.policy import get_policy
+from kvspec.reference import CacheStatus, LlmRequest, ReferenceKVCacheManager, RequestState
+from kvspec.reference.balance import AdpCounters, RankLoad, adp_balance
+from kvspec.reference.executor import ReferenceExecutor
 
 
 def config(**kw: object) -> Config:

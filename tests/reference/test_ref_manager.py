@@ -6,9 +6,9 @@ from fractions import Fraction
 
 import pytest
 from helpers_ref import admit, ctx_request, make_manager
-from kvspec.reference import CacheStatus, LlmRequest, PageState, RequestState
 
 from kvspec.errors import InvalidArgument, InvariantViolation, ProtocolError
+from kvspec.reference import CacheStatus, LlmRequest, PageState, RequestState
 
 ACTIVE, SUSPENDED = CacheStatus.ACTIVE, CacheStatus.SUSPENDED
 

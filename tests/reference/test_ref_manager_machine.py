@@ -10,11 +10,11 @@ from typing import Any
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from kvspec.reference import CacheStatus, LlmRequest, ReferenceKVCacheManager, RequestState
 
 from kvspec.config import Config
 from kvspec.errors import KVSpecError
 from kvspec.policy import PRESETS
+from kvspec.reference import CacheStatus, LlmRequest, ReferenceKVCacheManager, RequestState
 
 SLOTS = 2
 slots = st.integers(0, SLOTS - 1)

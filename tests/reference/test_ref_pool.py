@@ -1,9 +1,9 @@
 """PagePool: ids, order, all-or-nothing failures."""
 
 import pytest
-from kvspec.reference.pool import NULL_PAGE, PagePool
 
 from kvspec.errors import ProtocolError
+from kvspec.reference.pool import NULL_PAGE, PagePool
 
 
 def test_ids_start_at_one_and_null_page_is_never_handed_out() -> None:
