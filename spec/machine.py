@@ -92,36 +92,28 @@ def make_state_machine(config: Config, policy: Policy,
     return type(f"KVSpecMachine_{policy.name.replace('-', '_')}", (RuleBasedStateMachine,), body)
 
 
-def _enabled(model: Model, state: State, a: Action) -> list[tuple[int, dict[str, Any]]]:
-    return [(r, args) for name, r, args in _steps_of(model, state, a)]
-
-
-def _steps_of(model: Model, state: State, a: Action) -> list[tuple[str, int, dict[str, Any]]]:
-    out = []
-    slots = range(model.config.num_requests) if a.per_request else range(1)
-    domains = [(p.name, p.domain(model.config)) for p in a.params]
-    for r in slots:
-        for args in _args(domains):
-            if a.guard(model.ctx, state, r, **args):
-                out.append((a.name, r, args))
-    return out
-
-
-def _args(domains: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    combos: list[dict[str, Any]] = [{}]
-    for name, values in domains:
-        combos = [{**c, name: v} for c in combos for v in values]
-    return combos
+def _enabled_now(self: Any, model: Model, a: Action) -> list[tuple[int, dict[str, Any]]]:
+    """The enabled (slot, args) of ``a`` in the machine's current state, computed once per
+    state for all actions (every rule's precondition asks)."""
+    state = self.driver.state
+    cached = getattr(self, "_enabled_cache", None)
+    if cached is None or cached[0] is not state:
+        table: dict[str, list[tuple[int, dict[str, Any]]]] = {x.name: [] for x in model.actions}
+        for name, r, args in model.enabled_steps(state):
+            table[name].append((r, args))
+        cached = (state, table)
+        self._enabled_cache = cached
+    return cached[1][a.name]
 
 
 def _rule_for(model: Model, a: Action) -> Any:
     def has_enabled(self: Any) -> bool:
-        return bool(_enabled(model, self.driver.state, a))
+        return bool(_enabled_now(self, model, a))
 
     @precondition(has_enabled)
     @rule(data=st.data())
     def step(self: Any, data: st.DataObject) -> None:
-        choices = _enabled(model, self.driver.state, a)
+        choices = _enabled_now(self, model, a)
         r, args = data.draw(st.sampled_from(choices), label=a.name)
         self.driver.apply(a.name, r, **args)
 
