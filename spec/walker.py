@@ -165,6 +165,22 @@ def shrink_trace(trace: Trace, property_id: str) -> Trace:
     best = violates(trace, property_id)
     if best is None:
         raise InvalidArgument(f"trace does not violate {property_id}; nothing to shrink")
+    while True:
+        size = (len(best.steps), _weight(best))
+        best = _delete_steps(best, property_id)
+        best = _lower_arguments(best, property_id)
+        if (len(best.steps), _weight(best)) == size:
+            break
+    return with_digests(best)
+
+
+def _weight(t: Trace) -> int:
+    return sum(v for st in t.steps for v in st.args.values()
+               if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _delete_steps(best: Trace, property_id: str) -> Trace:
+    """Delta debugging: drop chunks of steps (halving the chunk size) while it still fails."""
     chunk = max(1, len(best.steps) // 2)
     while chunk >= 1:
         i = 0
@@ -176,6 +192,11 @@ def shrink_trace(trace: Trace, property_id: str) -> Trace:
             else:
                 i += chunk
         chunk //= 2
+    return best
+
+
+def _lower_arguments(best: Trace, property_id: str) -> Trace:
+    """Lower each integer argument as far as the trace keeps failing (no longer)."""
     improved = True
     while improved:
         improved = False
@@ -194,7 +215,7 @@ def shrink_trace(trace: Trace, property_id: str) -> Trace:
                     break
             if improved:
                 break
-    return with_digests(best)
+    return best
 
 
 def _with_steps(t: Trace, steps: Sequence[Step]) -> Trace:
