@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Every CPU figure of docs/performance.md, one benchmark after another (never two at once on
+# a 2-core machine). Results land in ${OUT:-benchmarks/results} as JSON plus a log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-benchmarks/results}"
+mkdir -p "$out"
+{
+  echo "== machine"; nproc; python --version; python -c "import torch, z3, hypothesis; print('torch', torch.__version__, 'z3', z3.get_version_string(), 'hypothesis', hypothesis.__version__)"
+  echo "== spec";        python benchmarks/bench_spec.py --json "$out/spec.json"
+  echo "== reference";   python benchmarks/bench_reference.py --json "$out/reference.json"
+  echo "== conformance"; python benchmarks/bench_conformance.py --json "$out/conformance.json"
+  echo "== gpu_impl";    python benchmarks/bench_gpu.py --loop-limit 0 --repeats 9 --json "$out/gpu.json"
+} 2>&1 | tee "$out/run_all.log"
