@@ -11,6 +11,8 @@ model's. Required: the protocol operations and observations below. Optional (che
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -135,6 +137,9 @@ def resolve_factory(spec: str | Factory) -> Factory:
         raise InvalidArgument(
             f"--impl {spec!r}: both the module and the factory name are needed"
             " ('module:factory')")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # like `python -m`, a console script should find a module in the current folder
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

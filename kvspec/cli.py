@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KVSpecError as exc:
         print(f"kvspec: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
+    except OSError as exc:
+        print(f"kvspec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,13 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the matrix as JSON")
     pr.add_argument("--export", metavar="DIR", help="write each counterexample as JSON lines")
     pr.add_argument("--details", action="store_true",
-                    help="print each counterexample as numbered steps with the state after each")
-    pr.add_argument("--max-depth", type=int, default=14, help="BMC depth (default 14)")
+                    help="print each counterexample as numbered steps with the fields each "
+                    "step changed")
+    pr.add_argument("--max-depth", type=_positive, default=14, help="BMC depth (default 14)")
     pr.set_defaults(run=_prove)
 
     wk = sub.add_parser("walk", help="seeded random walks over the model (the volume tier)")
     wk.add_argument("--policy", default="pr13805-reviewed")
-    wk.add_argument("--steps", type=int, default=50_000)
+    wk.add_argument("--steps", type=_positive, default=50_000)
     wk.add_argument("--seed", type=int, default=0)
     wk.add_argument("--export", metavar="DIR")
     wk.add_argument("--json", action="store_true")
@@ -76,18 +85,28 @@ def _parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="lockstep an implementation against the model")
     ck.add_argument("--impl", required=True, metavar="MODULE:FACTORY")
     ck.add_argument("--policy", default="pr13805-reviewed")
-    ck.add_argument("--examples", type=int, default=100)
+    ck.add_argument("--examples", type=_positive, default=100)
     ck.add_argument("--seed", type=int, default=0)
     ck.set_defaults(run=_check)
 
     ex = sub.add_parser("explore", help="small-scope exhaustive BFS replayed on an implementation")
     ex.add_argument("--impl", default=DEFAULT_IMPL, metavar="MODULE:FACTORY")
     ex.add_argument("--policy", default="pr13805-reviewed")
-    ex.add_argument("--requests", type=int, default=1)
-    ex.add_argument("--gpu-pages", type=int, default=2)
-    ex.add_argument("--max-depth", type=int, default=1000)
+    ex.add_argument("--requests", type=_positive, default=1)
+    ex.add_argument("--gpu-pages", type=_positive, default=2)
+    ex.add_argument("--max-depth", type=_positive, default=1000)
     ex.set_defaults(run=_explore)
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
 
 
 def _prove(args: argparse.Namespace) -> int:

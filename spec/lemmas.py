@@ -181,6 +181,11 @@ def resized_snapshot_fresh(c: Ctx, s: State, q: Req) -> Term:
 
 
 @per_request
+def failed_resize_cleared_snapshot(c: Ctx, s: State, q: Req) -> Term:
+    return c.o.implies(q.resize_failed, q.snapshot == NONE)
+
+
+@per_request
 def snapshot_is_fresh(c: Ctx, s: State, q: Req) -> Term:
     return c.o.implies(q.snapshot != NONE, q.snap_fresh)
 

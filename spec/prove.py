@@ -35,6 +35,7 @@ from .model import transition
 from .registry import Action, Ctx
 from .state import REQ_BOOL_FIELDS, STATE_BOOL_FIELDS, Req, State, initial_state
 from .trace import Step, Trace, replay, with_digests
+from .walker import lower_arguments
 from .z3ops import Z3Ops
 
 BMC_VALUE_BOUND = 12
@@ -301,6 +302,10 @@ def _decode(m: z3.ModelRef, config: Config, policy: Policy, frames: list[State],
         args = {p.name: val(sv.params[(a.name, p.name)]) for p in a.params}
         steps.append(Step(a.name, val(sv.slot) if a.per_request else 0, args))
     trace = with_digests(Trace(policy, k, tuple(steps), (prop.id,), "z3-bmc"))
+    if prop.id in replay(trace).final_violations:
+        # same length (BMC found the minimum), smallest argument values: readable and stable
+        trace = lower_arguments(trace, prop.id)
+        trace = Trace(trace.policy, trace.config, trace.steps, (prop.id,), "z3-bmc")
     rep = replay(trace)
     if prop.id not in rep.final_violations:  # pragma: no cover - the two readings disagree
         raise RuntimeError(

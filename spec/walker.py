@@ -60,7 +60,7 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
     t0 = time.perf_counter()
     s = m.initial()
     path: list[Step] = []
-    for _ in range(steps):
+    while out.steps < steps:
         chosen = pick(s)
         if chosen is None or len(path) >= walk_length:
             s, path = m.initial(), []
@@ -153,6 +153,15 @@ def violates(trace: Trace, property_id: str) -> Trace | None:
             return Trace(trace.policy, trace.config, tuple(kept), (property_id,), trace.source,
                          trace.abstract_rest)
     return None
+
+
+def lower_arguments(trace: Trace, property_id: str) -> Trace:
+    """``trace`` with each integer argument lowered as far as it keeps violating
+    ``property_id`` at no greater length (used on BMC traces for readable values)."""
+    best = violates(trace, property_id)
+    if best is None:
+        raise InvalidArgument(f"trace does not violate {property_id}")
+    return with_digests(_lower_arguments(best, property_id))
 
 
 def shrink_trace(trace: Trace, property_id: str) -> Trace:

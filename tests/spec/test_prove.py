@@ -79,3 +79,19 @@ def test_k_induction_does_not_prove_a_false_property() -> None:
     pol = get_policy("pr14849")
     ind = houdini(Config(), pol)
     assert not k_induction(Config(), pol, get_property("NO-DEFERRED-HOLD"), ind, 2)
+
+
+@pytest.mark.parametrize("fix", ["clear_snapshot_on_failure",
+                                 "clear_snapshot_at_iteration_start"])
+def test_either_snapshot_fix_alone_suffices(fix: str) -> None:
+    pol = get_policy("stale-snapshot").replace(name=f"stale-snapshot+{fix}", **{fix: True})
+    mat = prove_matrix(Config(), [pol], [get_property("NO-STALE-SNAPSHOT")])
+    assert mat.get(pol.name, "NO-STALE-SNAPSHOT").status == "PROVED"
+
+
+def test_bmc_counterexample_arguments_are_minimal(matrix: Matrix) -> None:
+    v = matrix.get("pr14849", "NO-DEFERRED-HOLD")
+    assert v.trace is not None
+    arrive = v.trace.steps[0]
+    assert arrive.action == "arrive"
+    assert arrive.args == {"prompt_len": 1, "chunk_size": 1, "draft_len": 0}
