@@ -7,7 +7,7 @@ out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
 {
   echo "== machine"; nproc; python --version; python -c "import torch, z3, hypothesis; print('torch', torch.__version__, 'z3', z3.get_version_string(), 'hypothesis', hypothesis.__version__)"
-  echo "== spec";        python benchmarks/bench_spec.py --json "$out/spec.json"
+  echo "== spec";        python benchmarks/bench_spec.py --hypothesis-examples 3000 --json "$out/spec.json"
   echo "== reference";   python benchmarks/bench_reference.py --json "$out/reference.json"
   echo "== conformance"; python benchmarks/bench_conformance.py --json "$out/conformance.json"
   echo "== gpu_impl";    python benchmarks/bench_gpu.py --loop-limit 0 --repeats 9 --json "$out/gpu.json"
