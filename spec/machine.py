@@ -136,36 +136,27 @@ def find_counterexample(config: Config, policy: Policy, prop: Property, *,
                         seed: int | None = 0) -> Trace | None:
     """hypothesis's shrunk counterexample to ``prop`` under ``policy``, or None if not found.
 
-    Uses a machine checking only ``prop`` so shrinking targets that property; the example
-    database is off, so the result depends only on ``seed``.
+    Uses a machine checking only ``prop`` so shrinking targets that property. The example
+    database is off; ``seed`` seeds hypothesis's random source (None: derandomized), so the
+    result depends only on the arguments. Cost: up to ``max_examples`` x ``step_count`` steps
+    at a few thousand steps per second, plus shrinking.
     """
+    import random
+
     from hypothesis import HealthCheck, settings
-    from hypothesis import seed as hseed
     from hypothesis.stateful import run_state_machine_as_test
 
     machine = make_state_machine(config, policy, (prop,))
     cfg = settings(max_examples=max_examples, stateful_step_count=step_count, database=None,
                    deadline=None, derandomize=seed is None, report_multiple_bugs=False,
                    suppress_health_check=list(HealthCheck), print_blob=False)
-    test = (hseed(seed)(machine.TestCase) if seed is not None else machine.TestCase)
-    del test
+    saved = random.getstate()
     try:
         if seed is not None:
-            _run_seeded(machine, cfg, seed, run_state_machine_as_test)
-        else:
-            run_state_machine_as_test(machine, settings=cfg)
+            random.seed(seed)  # hypothesis draws its per-run seed from the global generator
+        run_state_machine_as_test(machine, settings=cfg)
     except PropertyViolated as exc:
         return exc.kvspec_trace
-    return None
-
-
-def _run_seeded(machine: type[RuleBasedStateMachine], cfg: Any, seed: int,
-                runner: Callable[..., None]) -> None:
-    import random
-
-    state = random.getstate()
-    try:
-        random.seed(seed)
-        runner(machine, settings=cfg)
     finally:
-        random.setstate(state)
+        random.setstate(saved)
+    return None

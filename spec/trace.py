@@ -23,7 +23,6 @@ from .model import Model
 from .state import NONE, PHASE_NAMES, STATUS_NAMES, State
 
 TRACE_FORMAT = "kvspec-trace/1"
-_GHOST_PREFIX = "v_"
 _REQ_OBSERVED = ("phase", "pos", "has_cache", "status", "on_host", "capacity", "history",
                  "committed", "snapshot", "draft_record")
 
@@ -233,8 +232,6 @@ def _show(name: str, v: Any) -> str:
         return PHASE_NAMES.get(v, str(v))
     if name == "status":
         return STATUS_NAMES.get(v, str(v))
-    if name.startswith(_GHOST_PREFIX):
-        return str(v)
     return str(v)
 
 
