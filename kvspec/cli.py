@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the matrix as JSON")
     pr.add_argument("--export", metavar="DIR", help="write each counterexample as JSON lines")
     pr.add_argument("--details", action="store_true",
-                    help="print each counterexample as numbered steps with the fields each "
-                    "step changed")
+                    help="print each counterexample as numbered steps: the fields each step "
+                    "changed and the state after it")
     pr.add_argument("--max-depth", type=_positive, default=14, help="BMC depth (default 14)")
     pr.set_defaults(run=_prove)
 

@@ -20,7 +20,7 @@ from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 
 from .model import Model
-from .state import NONE, PHASE_NAMES, STATUS_NAMES, State
+from .state import NONE, PHASE_NAMES, STAGE_NAMES, STATUS_NAMES, State
 
 TRACE_FORMAT = "kvspec-trace/1"
 _REQ_OBSERVED = ("phase", "pos", "has_cache", "status", "on_host", "capacity", "history",
@@ -140,7 +140,7 @@ class Trace:
         return "\n".join(lines)
 
     def table(self) -> str:
-        """Numbered steps, each with its result and the fields it changed."""
+        """Numbered steps, each with its result, the fields it changed and the state after it."""
         rep = replay(self)
         out: list[str] = []
         prev = rep.states[0]
@@ -152,6 +152,7 @@ class Trace:
                        + (f"   VIOLATES {', '.join(bad)}" if bad else ""))
             for name, before, after in changed_fields(prev, s):
                 out.append(f"       {name}: {before} -> {after}")
+            out.append(f"       state: {state_line(s)}")
             prev = s
         return "\n".join(out)
 
@@ -206,6 +207,23 @@ def digest(s: State) -> str:
     obs = [tuple(getattr(q, f) for f in _REQ_OBSERVED) for q in s.reqs]
     glob = (s.stage, s.can_queue, s.gpu_free, s.host_free)
     return hashlib.sha1(repr((obs, glob)).encode()).hexdigest()[:12]
+
+
+def state_line(s: State) -> str:
+    """The observable state on one line: each occupied slot, the stage and the free pages."""
+    slots = []
+    for r, q in enumerate(s.reqs):
+        if q.phase == 0 and not q.has_cache:
+            continue
+        cache = (f"{STATUS_NAMES.get(q.status, q.status)}{'@host' if q.on_host else ''} "
+                 f"cap={q.capacity} hist={q.history} snap={_show('snapshot', q.snapshot)} "
+                 f"draft_rec={_show('draft_record', q.draft_record)}"
+                 if q.has_cache else "no cache")
+        slots.append(f"r{r}[{PHASE_NAMES.get(q.phase, q.phase)} pos={q.pos}/{q.prompt_len} "
+                     f"{cache}]")
+    return (" ".join(slots) or "(empty)") + (
+        f" | {STAGE_NAMES.get(s.stage, s.stage)} gpu_free={s.gpu_free}/{s.num_gpu_pages}"
+        f" host_free={s.host_free}/{s.num_host_pages}")
 
 
 def changed_fields(a: State, b: State) -> list[tuple[str, str, str]]:
