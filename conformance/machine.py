@@ -9,7 +9,6 @@ Cost: ~100x a walker step (hypothesis bookkeeping and full argument enumeration)
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from hypothesis import strategies as st
@@ -19,7 +18,6 @@ from kvspec.config import Config
 from kvspec.errors import ConformanceError
 from kvspec.policy import Policy
 from kvspec.spec.model import Model
-from kvspec.spec.registry import Action
 
 from .adapter import Factory
 from .driver import structure
@@ -35,19 +33,13 @@ class DivergenceFound(ConformanceError):
         self.divergence = divergence
 
 
-def _all_args(model: Model, a: Action) -> list[dict[str, Any]]:
-    names = [p.name for p in a.params]
-    domains = [tuple(p.domain(model.config)) for p in a.params]
-    return [dict(zip(names, c)) for c in itertools.product(*domains)]
-
-
 def make_machine(factory: Factory, config: Config, policy: Policy, *,
                  impl_name: str = "", probe_misuse: bool = True) -> type[RuleBasedStateMachine]:
     """A state machine class checking ``factory``'s manager against the model under
     ``policy``; run it with ``run_state_machine_as_test`` (or ``.TestCase`` in pytest).
     ``cls.steps_run[0]`` counts the lockstep steps of all examples."""
     model = Model(config, policy)
-    arg_table = {a.name: _all_args(model, a) for a in model.actions}
+    arg_table = {a.name: a.argument_tuples(model.config) for a in model.actions}
 
     def init(self: Any) -> None:
         RuleBasedStateMachine.__init__(self)

@@ -8,7 +8,6 @@ step; far cheaper than enumerating every argument tuple.
 
 from __future__ import annotations
 
-import itertools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -43,10 +42,8 @@ class Sampler:
             size = 1
             for d in domains:
                 size *= len(d)
-            combos = ([dict(zip(names, c)) for c in itertools.product(*domains)]
-                      if size <= SMALL_DOMAIN else None)
-            slots = range(k.num_requests) if a.per_request else range(1)
-            self.plans.append(_Plan(a, slots, combos, names, domains))
+            combos = a.argument_tuples(k) if size <= SMALL_DOMAIN else None
+            self.plans.append(_Plan(a, a.slots(k), combos, names, domains))
 
     def draw(self, s: State) -> tuple[str, int, dict[str, Any]] | None:
         """An enabled step of ``s`` or None when the model is stuck (never in practice)."""

@@ -104,19 +104,7 @@ class Model:
         """Every enabled (action, slot, args) over the config's finite parameter domains, in
         registry order (the order BFS and action-index paths rely on)."""
         for a in self.actions:
-            slots = range(self.config.num_requests) if a.per_request else range(1)
-            domains = [(p.name, p.domain(self.config)) for p in a.params]
-            for r in slots:
-                for args in _product(domains):
+            for r in a.slots(self.config):
+                for args in a.argument_tuples(self.config):
                     if a.guard(self.ctx, s, r, **args):
                         yield a.name, r, args
-
-
-def _product(domains: list[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
-    if not domains:
-        yield {}
-        return
-    (name, values), rest = domains[0], domains[1:]
-    for v in values:
-        for tail in _product(rest):
-            yield {name: v, **tail}

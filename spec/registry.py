@@ -79,6 +79,18 @@ class Action:
     atomic_on_false: bool
     doc: str
 
+    def argument_tuples(self, config: Config) -> list[dict[str, Any]]:
+        """Every argument assignment over the parameters' finite domains, in a fixed order
+        (the order enumeration, BFS and action-index paths rely on)."""
+        out: list[dict[str, Any]] = [{}]
+        for p in self.params:
+            out = [{**c, p.name: v} for c in out for v in p.domain(config)]
+        return out
+
+    def slots(self, config: Config) -> range:
+        """The request slots this action takes: every slot, or just 0 for global actions."""
+        return range(config.num_requests) if self.per_request else range(1)
+
 
 class ActionRegistry:
     """Collects :class:`Action` descriptors in declaration order (the order is part of traces)."""

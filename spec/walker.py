@@ -103,8 +103,7 @@ def _picker(m: Model, rng: random.Random
     tuple, so a state with any enabled step always yields one."""
     acts = list(m.actions)
     n = m.config.num_requests
-    combos = {a.name: _combos([(p.name, tuple(p.domain(m.config))) for p in a.params])
-              for a in acts}
+    combos = {a.name: a.argument_tuples(m.config) for a in acts}
     weight = [STAGE_ACTION_WEIGHT if not a.per_request else 1.0 for a in acts]
     order = list(range(len(acts)))
     rand = rng.random
@@ -122,20 +121,13 @@ def _picker(m: Model, rng: random.Random
                 return a.name, r, args
         for i in order:  # second pass: no weights, every slot, every argument tuple
             a = acts[i]
-            for r in range(n if a.per_request else 1):
+            for r in a.slots(m.config):
                 for args in combos[a.name]:
                     if a.guard(m.ctx, s, r, **args):
                         return a.name, r, args
         return None
 
     return pick
-
-
-def _combos(domains: list[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{}]
-    for name, values in domains:
-        out = [{**c, name: v} for c in out for v in values]
-    return out
 
 
 def violates(trace: Trace, property_id: str) -> Trace | None:
