@@ -95,3 +95,9 @@ def test_bmc_counterexample_arguments_are_minimal(matrix: Matrix) -> None:
     arrive = v.trace.steps[0]
     assert arrive.action == "arrive"
     assert arrive.args == {"prompt_len": 1, "chunk_size": 1, "draft_len": 0}
+
+
+def test_proved_cells_have_no_bounded_counterexample() -> None:
+    """A second route for PROVED verdicts: BMC (concrete B, 2 request slots) finds nothing."""
+    pol = get_policy("pr13805-reviewed")
+    assert bmc(Config(), pol, list(PROPERTIES), max_depth=7, num_requests=2) == {}
