@@ -84,7 +84,8 @@ class Driver:
             "arrive": self._arrive, "prepare_context": self._prepare_context,
             "resize_context": self._resize_context,
             "try_allocate_generation": self._try_allocate_generation,
-            "suspend_request": self._suspend_request, "evict_to_host": self._evict_to_host,
+            "suspend_request": self._suspend_request, "resume_request": self._resume_request,
+            "evict_to_host": self._evict_to_host,
             "free_resources": self._free_resources, "decide": self._decide,
             "revert_allocate_context": self._revert_allocate_context,
             "revert_allocate_generation": self._revert_allocate_generation,
@@ -145,6 +146,9 @@ class Driver:
     def _suspend_request(self, r: int) -> StepOutcome:
         self.manager.suspend_request(self._req(r))
         return StepOutcome()
+
+    def _resume_request(self, r: int) -> StepOutcome:
+        return StepOutcome(result=bool(self.manager.resume_request(self._req(r))))
 
     def _evict_to_host(self, r: int) -> StepOutcome:
         ok = self.manager.evict_to_host(self._req(r))

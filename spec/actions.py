@@ -214,6 +214,22 @@ def suspend_request(c: Ctx, s: State, r: int) -> Outcome:
     return Outcome(with_req(s, r, s.reqs[r]._replace(status=SUSPENDED)))
 
 
+def _g_resume_request(c: Ctx, s: State, r: int) -> Term:
+    q = s.reqs[r]
+    o = c.o
+    return o.and_(s.stage == SCHEDULE, q.has_cache, q.status == SUSPENDED, o.not_(q.prepared),
+                  o.not_(q.gen_tried))
+
+
+@ACTIONS.action(guard=_g_resume_request, returns=True, atomic_on_false=True)
+def resume_request(c: Ctx, s: State, r: int) -> Outcome:
+    """Models TRT ``resume_request`` on a suspended cache outside prepare/try_allocate (a
+    scheduler bringing a victim back): the utilization gate, pages back from the host tier;
+    a refusal changes nothing."""
+    ok, s1 = resume(c, s, r)
+    return Outcome(s1, ok)
+
+
 def _g_evict_to_host(c: Ctx, s: State, r: int) -> Term:
     q = s.reqs[r]
     o = c.o
