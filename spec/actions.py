@@ -8,7 +8,7 @@ written as two candidate states joined by :func:`merge`, never as Python ``if`` 
 from __future__ import annotations
 
 from .ops import Term
-from .registry import ActionRegistry, Ctx, Outcome, Param
+from .registry import Action, ActionRegistry, Ctx, Outcome, Param
 from .state import (
     ACTIVE,
     CONTEXT,
@@ -28,6 +28,12 @@ from .state import (
 )
 
 ACTIONS = ActionRegistry()
+
+
+def protocol_actions(abstract_rest: bool) -> tuple[Action, ...]:
+    """The registry's actions; ``others`` (requests outside the model) only in the proofs'
+    one-request-versus-the-rest abstraction."""
+    return tuple(a for a in ACTIONS.actions if abstract_rest or a.name != "others")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from kvspec.config import Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 
-from .actions import ACTIONS
+from .actions import protocol_actions
 from .invariants import PROPERTIES, Property
 from .ops import ConcreteOps, Term
 from .registry import Action, Ctx, Outcome
@@ -53,9 +53,9 @@ class Model:
         self.config = config
         self.policy = policy
         self.ctx = concrete_ctx(config, policy, abstract_rest)
-        self.actions: tuple[Action, ...] = tuple(
-            a for a in ACTIONS.actions if abstract_rest or a.name != "others")
+        self.actions: tuple[Action, ...] = protocol_actions(abstract_rest)
         self._by_name = {a.name: a for a in self.actions}
+        self._arg_tuples = {a.name: a.argument_tuples(config) for a in self.actions}
 
     def initial(self) -> State:
         """The initial state: every slot empty, every page free."""
@@ -105,6 +105,6 @@ class Model:
         registry order (the order BFS and action-index paths rely on)."""
         for a in self.actions:
             for r in a.slots(self.config):
-                for args in a.argument_tuples(self.config):
+                for args in self._arg_tuples[a.name]:
                     if a.guard(self.ctx, s, r, **args):
                         yield a.name, r, args

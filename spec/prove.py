@@ -28,7 +28,7 @@ from kvspec.config import Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 
-from .actions import ACTIONS
+from .actions import protocol_actions
 from .invariants import PROPERTIES, Property
 from .lemmas import LEMMAS
 from .model import transition
@@ -166,10 +166,6 @@ def _ctx(config: Config, policy: Policy, blocks_b: int | None, abstract: bool) -
     return Ctx(Z3Ops(blocks_b, u.numerator, u.denominator), policy, config, abstract)
 
 
-def _actions(abstract: bool) -> tuple[Action, ...]:
-    return tuple(a for a in ACTIONS.actions if abstract or a.name != "others")
-
-
 # ---------------------------------------------------------------------------------------------
 # Induction (Houdini) and k-induction
 
@@ -190,7 +186,7 @@ def houdini(config: Config, policy: Policy,
     t0 = time.perf_counter()
     c = _ctx(config, policy, None, abstract=True)
     s0, s1 = sym_state("h0", 1), sym_state("h1", 1)
-    trans, _ = transition_relation(c, _actions(True), s0, s1, "h")
+    trans, _ = transition_relation(c, protocol_actions(True), s0, s1, "h")
     names = [p.id for p in properties] + [n for n, _ in LEMMAS]
     fns = [p.check for p in properties] + [f for _, f in LEMMAS]
     at0 = [fn(c, s0) for fn in fns]
@@ -238,7 +234,7 @@ def k_induction(config: Config, policy: Policy, prop: Property, kept: InductionR
     sol = z3.Solver()
     parts = []
     for i in range(k):
-        tr, _ = transition_relation(c, _actions(True), frames[i], frames[i + 1], f"k{i}")
+        tr, _ = transition_relation(c, protocol_actions(True), frames[i], frames[i + 1], f"k{i}")
         parts.append(tr)
         parts.append(prop.check(c, frames[i]))
         parts.extend(fn(c, frames[i]) for fn in kept_fns)
@@ -261,7 +257,7 @@ def bmc(config: Config, policy: Policy, targets: Sequence[Property], max_depth: 
     concrete replay before it is returned.
     """
     c = _ctx(config, policy, config.tokens_per_block, abstract=False)
-    acts = _actions(False)
+    acts = protocol_actions(False)
     frames = [sym_state("b0", num_requests)]
     sol = z3.Solver()
     s0 = frames[0]
