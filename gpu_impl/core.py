@@ -17,6 +17,12 @@ from .pages import PagePool
 from .requests import ACTIVE, CacheState, RequestLike, RequestMirror
 from .transfer import Transfer
 
+#: Row-API page moves of at most one page per row: "compact" runs them on only the rows that
+#: move a page (a data-dependent shape: free on the CPU, a device sync on an accelerator),
+#: "fixed" on every row of the batch in fixed shape (no sync). Default: compact on the CPU,
+#: fixed elsewhere. Both leave identical state (tests/gpu/test_gpu_rows.py runs both).
+PAGE_MOVES = ("compact", "fixed")
+
 
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
@@ -34,7 +40,8 @@ class ManagerCore:
     """
 
     def __init__(self, config: Config, policy: Policy, *, device: str | torch.device | None = None,
-                 kv_width: int = 4, max_pages_per_request: int | None = None) -> None:
+                 kv_width: int = 4, max_pages_per_request: int | None = None,
+                 page_moves: str | None = None) -> None:
         if kv_width < 1:
             raise InvalidArgument(f"kv_width={kv_width!r} must be >= 1")
         width = max(1, config.num_gpu_pages) if max_pages_per_request is None \
@@ -44,9 +51,25 @@ class ManagerCore:
         self.config = config
         self.policy = policy
         self.device = torch.device(device) if device is not None else default_device()
+        if page_moves is None:
+            page_moves = "compact" if self.device.type == "cpu" else "fixed"
+        if page_moves not in PAGE_MOVES:
+            raise InvalidArgument(f"page_moves={page_moves!r}: expected one of {PAGE_MOVES}")
+        #: how the row API's one-page moves run (see :data:`PAGE_MOVES`)
+        self.page_moves = page_moves
+        #: reads of a few scalars: per-value ``.item()`` on the CPU (no copy), one stacked
+        #: read (one sync) elsewhere
+        self.read_each = self.device.type == "cpu"
         self.block = config.tokens_per_block
         self.block_shift = self.block.bit_length() - 1 if self.block & (self.block - 1) == 0 \
             else None
+        # 0-dim constants for the row API's arithmetic: a Python scalar operand costs a
+        # conversion in every op
+        self.int_one = torch.ones((), dtype=torch.int64, device=self.device)
+        self.block_less_one = torch.full((), self.block - 1, dtype=torch.int64,
+                                         device=self.device)
+        self.block_shift_t = torch.full((), self.block_shift or 0, dtype=torch.int64,
+                                        device=self.device)
         self.num_rows = config.num_requests
         self.width = width
         self.transfer = Transfer(self.device)
@@ -61,9 +84,11 @@ class ManagerCore:
     # ---- helpers shared by the operations -------------------------------------------------
 
     def blocks(self, capacity: torch.Tensor) -> torch.Tensor:
-        """ceil(capacity / B) elementwise (2 ops; a shift when B is a power of two)."""
+        """ceil(capacity / B) elementwise (2 ops; an add and a shift when B is a power of two).
+        Returns a new tensor."""
         if self.block_shift is not None:
-            return (capacity + (self.block - 1)) >> self.block_shift
+            return torch.add(capacity, self.block_less_one).bitwise_right_shift_(
+                self.block_shift_t)
         return torch.div(capacity + (self.block - 1), self.block, rounding_mode="floor")
 
     def ids(self, reqs: Sequence[RequestLike]) -> list[int]:

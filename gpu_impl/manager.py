@@ -31,15 +31,18 @@ class Manager(ManagerCore):
         kv_width: floats per token in the KV data pools.
         max_pages_per_request: page-table width (default num_gpu_pages, which never limits a
             request). NOTE: with a smaller width, a growth past it fails like an exhausted pool.
+        page_moves: ``"compact"`` or ``"fixed"``, how the row API moves single pages
+            (:data:`kvspec.gpu_impl.core.PAGE_MOVES`); None picks by device. Same results.
 
     Request ids are slots ``0..num_requests-1`` (the page-table row). Batches are processed
     in list order; each request is all-or-nothing; a batch that raises changes nothing.
     """
 
     def __init__(self, config: Config, policy: Policy, *, device: str | torch.device | None = None,
-                 kv_width: int = 4, max_pages_per_request: int | None = None) -> None:
+                 kv_width: int = 4, max_pages_per_request: int | None = None,
+                 page_moves: str | None = None) -> None:
         super().__init__(config, policy, device=device, kv_width=kv_width,
-                         max_pages_per_request=max_pages_per_request)
+                         max_pages_per_request=max_pages_per_request, page_moves=page_moves)
 
     # ---- protocol, single request (the batch of one) ---------------------------------------
 

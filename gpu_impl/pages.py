@@ -158,22 +158,43 @@ class PagePool:
         return total
 
     def grow_one(self, rows: torch.Tensor, old: torch.Tensor, need: torch.Tensor,
-                 cum: torch.Tensor, total: int) -> None:
+                 total: int) -> None:
         """:meth:`grow` for growths of at most one page per row, in fixed shape.
 
-        Args: rows (distinct), ``old`` = count[rows], ``need`` in {0, 1}, ``cum`` = inclusive
-        cumsum of ``need``, ``total`` = cum[-1] <= free. Does not write ``count``.
-        Row i (need 1) takes the page at stack position ``free - cum[i]``, which is what the
-        sequential pops hand it, and adds it into its null entry ``table[row, old]`` and the
-        page's owner (-1 + row + 1). Rows with need 0 add 0: into entry ``row * width + old``
-        (a null entry, the next row's first entry or the scratch row when the row is full:
-        adding 0 is harmless anywhere) and into the null page's owner. No masks, no ``where``.
-        Cost: 7 tensor ops of size len(rows), no data-dependent shapes, no sync.
+        Args: rows (distinct), ``old`` = count[rows], ``need`` in {0, 1}, ``total`` = sum need
+        <= free. Does not write ``count``.
+        Row i (need 1) takes the page at stack position ``free - cum[i]`` (``cum`` the
+        inclusive cumsum of ``need``), which is what the sequential pops hand it, and adds it
+        into its null entry ``table[row, old]`` and the page's owner (-1 + row + 1). Rows with
+        need 0 add 0: into entry ``row * width + old`` (a null entry, the next row's first
+        entry or the scratch row when the row is full: adding 0 is harmless anywhere) and into
+        the null page's owner. No masks, no ``where``.
+        Cost: 8 tensor ops of size len(rows), no data-dependent shapes, no sync: the choice
+        for an accelerator, where a data-dependent shape costs a device sync.
         """
+        cum = need.cumsum(0)
         pages = self.stack_full.index_select(0, torch.rsub(cum, self.free)) * need
         self.table_flat.index_add_(0, torch.add(old, rows, alpha=self.width),
                                    pages.to(torch.int32))
         self.owner_full.index_add_(0, pages, (rows + 1) * need)
+        self.free -= total
+
+    def grow_compact(self, rows: torch.Tensor, old: torch.Tensor, need: torch.Tensor,
+                     total: int) -> None:
+        """:meth:`grow_one` on only the rows that take a page (same arguments, same effect).
+
+        The rows with need 1, in batch order, take the top ``total`` stack entries, the first
+        one the top: what the sequential pops hand them.
+        Cost: 8 tensor ops, one of size len(rows) (``nonzero``), the rest of size ``total``:
+        the choice on the CPU, where the ops' cost grows with their size and a data-dependent
+        shape costs no sync.
+        """
+        sel = need.nonzero().view(-1)
+        grown = rows.index_select(0, sel)
+        pages = self.stack[self.free - total:self.free].flip(0)
+        self.table_flat.scatter_(0, torch.add(old.index_select(0, sel), grown,
+                                              alpha=self.width), pages.to(torch.int32))
+        self.owner.scatter_(0, pages, grown)
         self.free -= total
 
     def shrink_one(self, rows: torch.Tensor, new: torch.Tensor, rel: torch.Tensor,
@@ -194,6 +215,22 @@ class PagePool:
         slot = (rel.cumsum(0) + (self.free - 1 - self.num_pages)) * rel + self.num_pages
         self.stack_full.scatter_(0, slot, pages)
         self.owner_full.index_add_(0, pages, (rows + 1) * rel, alpha=-1)
+        self.free += total
+
+    def shrink_compact(self, rows: torch.Tensor, new: torch.Tensor, rel: torch.Tensor,
+                       total: int) -> None:
+        """:meth:`shrink_one` on only the rows that release a page (same arguments, same
+        effect): their last pages, in batch order, go onto the stack at ``free, free + 1, ...``
+        as the sequential pushes put them.
+        Cost: 8 tensor ops, one of size len(rows) (``nonzero``), the rest of size ``total``.
+        """
+        sel = rel.nonzero().view(-1)
+        entry = torch.add(new.index_select(0, sel), rows.index_select(0, sel),
+                          alpha=self.width)
+        pages = self.table_flat.index_select(0, entry).long()
+        self.table_flat.index_fill_(0, entry, NULL_PAGE)
+        self.stack[self.free:self.free + total] = pages
+        self.owner.index_fill_(0, pages, FREE_OWNER)
         self.free += total
 
     def pages_of(self, rows: torch.Tensor) -> torch.Tensor:

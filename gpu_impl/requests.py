@@ -95,6 +95,9 @@ class RequestMirror:
         # scratch for the duplicate check, and a ones vector to count with
         self.seen = torch.zeros(num_rows, dtype=torch.int64, device=device)
         self.ones = torch.ones(num_rows, dtype=torch.int64, device=device)
-        # (base tensor, its _version, element range [lo, hi) of the storage) of rows tensors
-        # that passed the row checks; at most 4 kept
-        self.valid_rows: list[tuple[torch.Tensor, int, int, int]] = []
+        # the slot numbers, to recognise a rows tensor that is a run of slots
+        self.slots = torch.arange(num_rows, dtype=torch.int64, device=device)
+        # (base tensor, its _version, element range [lo, hi) of the storage, the slot at lo
+        # when the rows are a run of consecutive slots else None) of rows tensors that passed
+        # the row checks (gpu_impl.row_sets); the last few kept
+        self.valid_rows: list[tuple[torch.Tensor, int, int, int, int | None]] = []

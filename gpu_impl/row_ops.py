@@ -24,6 +24,7 @@ from kvspec.errors import InvalidArgument
 from . import context_ops, generation_ops
 from .core import ManagerCore
 from .requests import ACTIVE, CONTEXT, NO_RECORD, GpuRequest
+from .row_sets import Rows, passed, row_checks
 
 
 def _vec(m: ManagerCore, t: torch.Tensor | list[int], what: str) -> torch.Tensor:
@@ -48,51 +49,6 @@ def _args(m: ManagerCore, rows: torch.Tensor | list[int],
             raise InvalidArgument(f"{v.numel()} {name} for {r.numel()} rows")
         out.append(v)
     return tuple(out)
-
-
-def _row_checks(m: ManagerCore, rows: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Rows clamped into range (equal to ``rows`` when valid) and the 0-dim tensors that say
-    whether they are valid: min, max, largest multiplicity. 6 ops, no sync.
-
-    Skipped (0 ops) for a rows tensor known valid: one that passed these checks, or a
-    contiguous 1-D slice of one (a slice of valid rows is in range and distinct), while the
-    storage's ``_version`` (the counter torch bumps on every in-place write to a tensor or any
-    view of it) is unchanged. A scheduler builds one rows tensor per iteration and passes it,
-    or slices of it, to several operations. (Writes through a numpy alias of a CPU tensor
-    bypass the counter.)
-    """
-    base = rows._base if rows._base is not None else rows
-    if rows.is_contiguous():
-        start = rows.storage_offset()
-        end = start + rows.numel()
-        version = rows._version
-        for t, ver, lo, hi in m.req.valid_rows:  # (no inference tensor is in the list)
-            if t is base and ver == version and lo <= start and end <= hi:
-                return rows, []
-    lo_, hi_ = torch.aminmax(rows)
-    rc = rows.clamp(0, m.num_rows - 1)
-    seen = m.req.seen
-    seen.zero_()
-    seen.scatter_add_(0, rc, m.req.ones[: rows.numel()])
-    return rc, [lo_, hi_, seen.max()]
-
-
-def _passed(m: ManagerCore, rows: torch.Tensor, vals: list[int], checked: bool) -> bool:
-    """Reads the row checks' values off the front of ``vals`` (removing them); remembers
-    ``rows`` (its base, version and element range) as valid when they pass."""
-    if not checked:
-        return True
-    lo, hi, dup = vals[:3]
-    del vals[:3]
-    if lo >= 0 and hi < m.num_rows and dup <= 1:
-        if not rows.is_inference() and rows.is_contiguous():
-            # (inference tensors have no version counter)
-            base = rows._base if rows._base is not None else rows
-            start = int(rows.storage_offset())
-            m.req.valid_rows.append((base, rows._version, start, start + int(rows.numel())))
-            del m.req.valid_rows[:-4]
-        return True
-    return False
 
 
 def _requests(m: ManagerCore, rows: torch.Tensor, **fields: torch.Tensor) -> list[GpuRequest]:
@@ -133,53 +89,66 @@ def _bools(m: ManagerCore, vals: list[bool]) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.bool).to(m.device)
 
 
-def _grow(m: ManagerCore, rc: torch.Tensor, cnt: torch.Tensor, nb: torch.Tensor,
-          need: torch.Tensor, cum: torch.Tensor, need_max: int, total: int) -> None:
-    """Pops the pages of a growth that fits (fixed shape when need <= 1) and writes counts."""
-    if total:
-        if need_max <= 1:
-            m.gpu.grow_one(rc, cnt, need, cum, total)
-        else:
-            m.gpu.grow(rc, nb)
-            return
-    m.gpu.count.scatter_(0, rc, nb)
+def _read(m: ManagerCore, vals: list[torch.Tensor]) -> list[int]:
+    """The values of 0-dim int tensors on the host: ``.item()`` each on the CPU (no copy, no
+    op), one stacked read (one device sync) on an accelerator."""
+    if m.read_each:
+        return [int(v.item()) for v in vals]
+    return torch.stack(vals).tolist()
 
 
-def _shrink(m: ManagerCore, rc: torch.Tensor, cnt: torch.Tensor, nb: torch.Tensor,
-            rel: torch.Tensor, rel_max: int, total: int) -> None:
-    """Pushes the released pages (fixed shape when rel <= 1) and writes counts."""
+def _grow(m: ManagerCore, rs: Rows, cnt: torch.Tensor, nb: torch.Tensor,
+          need: torch.Tensor, need_max: int, total: int) -> None:
+    """Pops the pages of a growth that fits (at most one page per row: compact or fixed
+    shape, as ``m.page_moves`` says; the general path otherwise) and writes counts."""
     if total:
-        if rel_max <= 1:
-            m.gpu.shrink_one(rc, nb, rel, total)
-        else:
-            m.gpu.shrink(rc, nb)
+        if need_max > 1:
+            m.gpu.grow(rs.index, nb)
             return
-    m.gpu.count.scatter_(0, rc, nb)
+        if m.page_moves == "compact":
+            m.gpu.grow_compact(rs.index, cnt, need, total)
+        else:
+            m.gpu.grow_one(rs.index, cnt, need, total)
+    rs.put(m.gpu.count, nb)
+
+
+def _shrink(m: ManagerCore, rs: Rows, nb: torch.Tensor, rel: torch.Tensor, rel_max: int,
+            total: int) -> None:
+    """Pushes the released pages (at most one per row: compact or fixed shape; the general
+    path otherwise) and writes counts."""
+    if total:
+        if rel_max > 1:
+            m.gpu.shrink(rs.index, nb)
+            return
+        if m.page_moves == "compact":
+            m.gpu.shrink_compact(rs.index, nb, rel, total)
+        else:
+            m.gpu.shrink_one(rs.index, nb, rel, total)
+    rs.put(m.gpu.count, nb)
 
 
 # ---- generation --------------------------------------------------------------------------
 
 
-def _fast_growth(m: ManagerCore, rows: torch.Tensor, rc: torch.Tensor, checks: list[torch.Tensor],
+def _fast_growth(m: ManagerCore, rows: torch.Tensor, rs: Rows, checks: list[torch.Tensor],
                  new: torch.Tensor, arg: torch.Tensor) -> Callable[[], None] | None:
-    """Decide, with one host read, whether growing rows ``rc`` to capacities ``new`` takes the
+    """Decide, with one host read, whether growing ``rs`` to capacities ``new`` takes the
     fast path (rows valid and distinct, all ACTIVE, ``arg`` >= 0, within the table width and
-    the free pages). Returns the page pops to run after the caller's scatters, or None.
+    the free pages). Returns the page pops to run after the caller's writes, or None.
 
-    Cost: 2 gathers, 3 arithmetic ops, 1 cumsum, the checks' and 5 reductions in one stack.
+    Cost: 2 gathers, 3 arithmetic ops, the pending checks and 5 reductions read at once.
     """
-    st = m.cache.status.index_select(0, rc)
-    cnt = m.gpu.count.index_select(0, rc)
+    st = rs.take(m.cache.status)
+    cnt = rs.take(m.gpu.count)
     nb = m.blocks(new)
     need = nb - cnt
-    cum = need.cumsum(0)
-    vals = torch.stack([*checks, st.max(), nb.max(), arg.min(), need.max(), cum[-1]]).tolist()
-    ok_rows = _passed(m, rows, vals, bool(checks))
+    vals = _read(m, [*checks, st.max(), nb.max(), arg.min(), need.max(), need.sum()])
+    ok_rows = passed(m, rows, vals, bool(checks))
     st_max, nb_max, arg_min, need_max, total = vals
     if not (ok_rows and st_max == ACTIVE and nb_max <= m.width and arg_min >= 0
             and total <= m.gpu.free):
         return None
-    return lambda: _grow(m, rc, cnt, nb, need, cum, need_max, total)
+    return lambda: _grow(m, rs, cnt, nb, need, need_max, total)
 
 
 def try_allocate_generation_rows(m: ManagerCore, rows: torch.Tensor | list[int],
@@ -188,24 +157,24 @@ def try_allocate_generation_rows(m: ManagerCore, rows: torch.Tensor | list[int],
     the rows' draft_len in the mirror.
 
     Fast path (all rows valid, distinct, ACTIVE, drafts >= 0, growth within the table width
-    and the free pages): 3 gathers, 6 arithmetic ops, 1 cumsum, 6 check ops + 6 reductions
-    read in one sync, 3 scatters, the page pops (9 ops when each row needs <= 1 page).
+    and the free pages): 3 gathers, 5 arithmetic ops, 5 reductions read at once with the
+    pending row checks, 4 writes, the page pops.
     """
     rows, draft = _args(m, rows, (draft, "draft"))
     k = rows.numel()
     c = m.cache
     mirror = m.req
     if k and k <= m.num_rows:
-        rc, checks = _row_checks(m, rows)
-        cap = c.capacity.index_select(0, rc)
-        new = cap + draft + 1
-        grow = _fast_growth(m, rows, rc, checks, new, draft)
-        if grow is not None:
-            c.draft_record.scatter_(0, rc, draft)
-            c.capacity.scatter_(0, rc, new)
-            mirror.draft.scatter_(0, rc, draft)
-            grow()
-            return torch.ones(k, dtype=torch.bool, device=m.device)
+        rs, checks = row_checks(m, rows)
+        if rs is not None:
+            new = torch.add(rs.take(c.capacity), draft).add_(m.int_one)
+            grow = _fast_growth(m, rows, rs, checks, new, draft)
+            if grow is not None:
+                rs.put(c.draft_record, draft)
+                rs.put(c.capacity, new)
+                rs.put(mirror.draft, draft)
+                grow()
+                return torch.ones(k, dtype=torch.bool, device=m.device)
     reqs = _requests(m, rows, draft_len=draft)
     ok = generation_ops.try_allocate_generation_batch(m, reqs)
     if k:
@@ -216,35 +185,31 @@ def try_allocate_generation_rows(m: ManagerCore, rows: torch.Tensor | list[int],
 def revert_allocate_generation_rows(m: ManagerCore, rows: torch.Tensor | list[int]) -> None:
     """Row form of revert_allocate_generation_batch.
 
-    Fast path (rows valid and distinct, no target below history): 5 gathers, ~12 arithmetic
-    ops, 5 reductions read in one sync, 2 scatters, the page pushes (14 ops when each row
-    releases <= 1 page).
+    Fast path (rows valid and distinct, every row ACTIVE with a draft record, no target below
+    history): 5 gathers, 6 arithmetic ops, 5 reductions read at once, 3 writes, the page
+    pushes.
     """
     (rows,) = _args(m, rows)
     k = rows.numel()
     c = m.cache
     if k and k <= m.num_rows:
-        rc, checks = _row_checks(m, rows)
-        st = c.status.index_select(0, rc)
-        rec = c.draft_record.index_select(0, rc)
-        cap = c.capacity.index_select(0, rc)
-        hist = c.history.index_select(0, rc)
-        cnt = m.gpu.count.index_select(0, rc)
-        # fast path: every row ACTIVE with a draft record, the target >= history
-        d = cap - rec
-        target = d - 1
-        nb = m.blocks(target)
-        rel = cnt - nb
-        vals = torch.stack(
-            [*checks, st.max(), rec.min(), (target - hist).min(), rel.max(), rel.sum()]
-        ).tolist()
-        ok_rows = _passed(m, rows, vals, bool(checks))
-        st_max, rec_min, slack, rel_max, total = vals
-        if ok_rows and st_max == ACTIVE and rec_min >= 0 and slack >= 0:
-            c.draft_record.index_fill_(0, rc, NO_RECORD)
-            c.capacity.scatter_(0, rc, target)
-            _shrink(m, rc, cnt, nb, rel, rel_max, total)
-            return
+        rs, checks = row_checks(m, rows)
+        if rs is not None:
+            st = rs.take(c.status)
+            rec = rs.take(c.draft_record)
+            hist = rs.take(c.history)
+            target = torch.sub(rs.take(c.capacity), rec).sub_(m.int_one)
+            nb = m.blocks(target)
+            rel = rs.take(m.gpu.count) - nb
+            vals = _read(m, [*checks, st.max(), rec.min(), (target - hist).min(), rel.max(),
+                             rel.sum()])
+            ok_rows = passed(m, rows, vals, bool(checks))
+            st_max, rec_min, slack, rel_max, total = vals
+            if ok_rows and st_max == ACTIVE and rec_min >= 0 and slack >= 0:
+                rs.fill(c.draft_record, NO_RECORD)
+                rs.put(c.capacity, target)
+                _shrink(m, rs, nb, rel, rel_max, total)
+                return
     generation_ops.revert_allocate_generation_batch(m, _requests(m, rows))
 
 
@@ -254,9 +219,9 @@ def update_resources_rows(m: ManagerCore, rows: torch.Tensor | list[int],
     """Row form of update_resources_batch; ``draft`` defaults to the mirror's draft_len (the
     one given to try_allocate_generation_rows).
 
-    Fast path (rows valid, distinct, ACTIVE, 0 <= accepted <= draft, history within the
-    trimmed capacity): 5-6 gathers, ~14 arithmetic ops, 7 reductions read in one sync,
-    3 scatters, the page pushes (14 ops when each row releases <= 1 page).
+    Fast path (rows valid, distinct, ACTIVE with a draft record, 0 <= accepted <= draft,
+    history within the trimmed capacity): 5-6 gathers, ~11 arithmetic ops, 7 reductions read
+    at once, 4 writes, the page pushes.
     """
     mirror = m.req
     if draft is None:
@@ -267,31 +232,27 @@ def update_resources_rows(m: ManagerCore, rows: torch.Tensor | list[int],
     k = rows.numel()
     c = m.cache
     if k and k <= m.num_rows:
-        rc, checks = _row_checks(m, rows)
-        dd = mirror.draft.index_select(0, rc) if d is None else d
-        st = c.status.index_select(0, rc)
-        rec = c.draft_record.index_select(0, rc)
-        cap = c.capacity.index_select(0, rc)
-        hist = c.history.index_select(0, rc)
-        cnt = m.gpu.count.index_select(0, rc)
-        # fast path: every row ACTIVE with a draft record (the rewind is record - accepted)
-        rewind = (rec - acc).clamp_(min=0)
-        new_cap = cap - rewind
-        new_hist = hist + acc + 1
-        nb = m.blocks(new_cap)
-        rel = cnt - nb
-        vals = torch.stack(
-            [*checks, st.max(), rec.min(), (new_cap - new_hist).min(), acc.min(),
-             (dd - acc).min(), rel.max(), rel.sum()]).tolist()
-        ok_rows = _passed(m, rows, vals, bool(checks))
-        st_max, rec_min, slack, a_min, d_slack, rel_max, total = vals
-        if (ok_rows and st_max == ACTIVE and rec_min >= 0 and slack >= 0 and a_min >= 0
-                and d_slack >= 0):
-            c.capacity.scatter_(0, rc, new_cap)
-            c.history.scatter_(0, rc, new_hist)  # committed is the same tensor
-            c.draft_record.index_fill_(0, rc, NO_RECORD)
-            _shrink(m, rc, cnt, nb, rel, rel_max, total)
-            return
+        rs, checks = row_checks(m, rows)
+        if rs is not None:
+            dd = rs.take(mirror.draft) if d is None else d
+            st = rs.take(c.status)
+            rec = rs.take(c.draft_record)
+            # every row has a draft record (checked): the rewind is record - accepted
+            new_cap = rs.take(c.capacity) - (rec - acc).clamp_(min=0)
+            new_hist = torch.add(rs.take(c.history), acc).add_(m.int_one)
+            nb = m.blocks(new_cap)
+            rel = rs.take(m.gpu.count) - nb
+            vals = _read(m, [*checks, st.max(), rec.min(), (new_cap - new_hist).min(),
+                             acc.min(), (dd - acc).min(), rel.max(), rel.sum()])
+            ok_rows = passed(m, rows, vals, bool(checks))
+            st_max, rec_min, slack, a_min, d_slack, rel_max, total = vals
+            if (ok_rows and st_max == ACTIVE and rec_min >= 0 and slack >= 0 and a_min >= 0
+                    and d_slack >= 0):
+                rs.put(c.capacity, new_cap)
+                rs.put(c.history, new_hist)  # committed is the same tensor
+                rs.fill(c.draft_record, NO_RECORD)
+                _shrink(m, rs, nb, rel, rel_max, total)
+                return
     reqs = _requests(m, rows) if d is None else _requests(m, rows, draft_len=d)
     generation_ops.update_resources_batch(m, reqs, acc.tolist())
 
@@ -304,23 +265,24 @@ def resize_context_rows(m: ManagerCore, rows: torch.Tensor | list[int],
     """Row form of resize_context_batch (pos and the snapshot from/into the mirror).
 
     Fast path (rows valid, distinct, ACTIVE, num_tokens >= 0, growth within the width and the
-    free pages): 4 gathers, 8 arithmetic ops, 6 reductions in one sync, 3 scatters, the pops.
+    free pages): 4 gathers, 7 arithmetic ops, 5 reductions read at once, 3 writes, the pops.
     """
     rows, n = _args(m, rows, (num_tokens, "num_tokens"))
     k = rows.numel()
     c = m.cache
     mirror = m.req
     if k and k <= m.num_rows:
-        rc, checks = _row_checks(m, rows)
-        cap = c.capacity.index_select(0, rc)
-        pos = mirror.pos.index_select(0, rc)
-        new = torch.maximum(cap, pos + n)
-        grow = _fast_growth(m, rows, rc, checks, new, n)
-        if grow is not None:
-            c.capacity.scatter_(0, rc, new)
-            mirror.snap.scatter_(0, rc, torch.where(new > cap, cap, -1))
-            grow()
-            return torch.ones(k, dtype=torch.bool, device=m.device)
+        rs, checks = row_checks(m, rows)
+        if rs is not None:
+            cap = rs.take(c.capacity)
+            new = torch.maximum(cap, rs.take(mirror.pos) + n)
+            grow = _fast_growth(m, rows, rs, checks, new, n)
+            if grow is not None:
+                snap = torch.where(new > cap, cap, -1)  # before the write: cap may be a view
+                rs.put(c.capacity, new)
+                rs.put(mirror.snap, snap)
+                grow()
+                return torch.ones(k, dtype=torch.bool, device=m.device)
     reqs = _requests(m, rows)
     ok = context_ops.resize_context_batch(m, reqs, n.tolist())
     _store(m, rows, reqs)
@@ -343,25 +305,24 @@ def update_context_resources_rows(m: ManagerCore, rows: torch.Tensor | list[int]
     """Row form of update_context_resources: history = committed = pos, and the mirror's pos.
 
     Fast path (rows valid, distinct, ACTIVE, history <= pos <= capacity): 3 gathers,
-    3 reductions + the row checks in one sync, 2 scatters.
+    3 reductions read at once with the pending row checks, 2 writes.
     """
     rows, p = _args(m, rows, (pos, "pos"))
     k = rows.numel()
     c = m.cache
     mirror = m.req
     if k and k <= m.num_rows:
-        rc, checks = _row_checks(m, rows)
-        st = c.status.index_select(0, rc)
-        hist = c.history.index_select(0, rc)
-        cap = c.capacity.index_select(0, rc)
-        vals = torch.stack(
-            [*checks, st.max(), (p - hist).min(), (cap - p).min()]).tolist()
-        ok_rows = _passed(m, rows, vals, bool(checks))
-        st_max, low, high = vals
-        if ok_rows and st_max == ACTIVE and low >= 0 and high >= 0:
-            c.history.scatter_(0, rc, p)
-            mirror.pos.scatter_(0, rc, p)
-            return
+        rs, checks = row_checks(m, rows)
+        if rs is not None:
+            st = rs.take(c.status)
+            vals = _read(m, [*checks, st.max(), (p - rs.take(c.history)).min(),
+                             (rs.take(c.capacity) - p).min()])
+            ok_rows = passed(m, rows, vals, bool(checks))
+            st_max, low, high = vals
+            if ok_rows and st_max == ACTIVE and low >= 0 and high >= 0:
+                rs.put(c.history, p)
+                rs.put(mirror.pos, p)
+                return
     reqs = _requests(m, rows, context_current_position=p)
     context_ops.update_context_resources(m, reqs)
     if k:

@@ -27,14 +27,28 @@ def _none(_: object) -> None:
     return None
 
 
+#: (page_moves, read_each) of the row manager: the CPU default, the accelerator default
+#: (fixed-shape page moves, pending checks read in one stacked read) run on the CPU, and the mix
+MODES = [("compact", True), ("fixed", False), ("compact", False)]
+
+
+def row_manager(cfg: Config, policy_name: str, mode: tuple[str, bool], **kw: int) -> Manager:
+    """A torch manager on the CPU running the row API's strategies of ``mode``."""
+    m = Manager(cfg, PRESETS[policy_name], device="cpu", page_moves=mode[0], **kw)
+    m.read_each = mode[1]
+    return m
+
+
 class Trio:
     """The same protocol on the row API and the object batch API (the single-call lambdas are
-    kept for reading; only the first two managers are compared)."""
+    kept for reading; only the first two managers are compared). Batches are random subsets
+    in random order, or runs of consecutive slots (the row API's slice path)."""
 
-    def __init__(self, cfg: Config, policy_name: str) -> None:
+    def __init__(self, cfg: Config, policy_name: str,
+                 mode: tuple[str, bool] = MODES[0]) -> None:
         policy = PRESETS[policy_name]
         self.policy = policy
-        self.row = Manager(cfg, policy, device="cpu", kv_width=1)
+        self.row = row_manager(cfg, policy_name, mode, kv_width=1)
         self.obj = gpu_impl(cfg, policy, True).mgr
         self.seq = gpu_impl(cfg, policy, False).mgr
         self.reqs: dict[str, dict[int, GpuRequest]] = {"row": {}, "obj": {}, "seq": {}}
@@ -83,6 +97,9 @@ class Trio:
                      lambda: self.seq.prepare_context(self.reqs["seq"][rid]))
             self.row.load_requests([self.reqs["row"][rid]])
             return
+        if rng.random() < 0.4:  # a run of consecutive slots
+            lo = rng.randrange(self.n)
+            rids = list(range(lo, rng.randint(lo + 1, self.n)))
         rids = [r for r in rids if r in self.reqs["obj"]]
         rows = torch.tensor(rids, dtype=torch.int64)
         o = [self.reqs["obj"][r] for r in rids]
@@ -139,31 +156,38 @@ class Trio:
                     self.row.update_resources_rows(dup, torch.tensor([0, 0]))
 
 
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: f"{m[0]}-{'each' if m[1] else 'stacked'}")
 @pytest.mark.parametrize("policy_name", POLICIES)
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
-def test_rows_equal_object_and_sequential(policy_name: str, seed: int) -> None:
+def test_rows_equal_object_and_sequential(policy_name: str, mode: tuple[str, bool],
+                                          seed: int) -> None:
     rng = random.Random(seed)
-    trio = Trio(SMALL, policy_name)
+    trio = Trio(SMALL, policy_name, mode)
     for _ in range(60):
         trio.step(rng)
         trio.check_mirror()
 
 
-def test_fast_path_pops_and_pushes_like_sequential() -> None:
-    """Large batch, one page per row or several: the fixed-shape paths and the general
-    paths leave the state of the single calls."""
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: f"{m[0]}-{'each' if m[1] else 'stacked'}")
+@pytest.mark.parametrize("layout", ["permutation", "run"])
+def test_fast_path_pops_and_pushes_like_sequential(layout: str, mode: tuple[str, bool]) -> None:
+    """Large batch, one page per row or several, rows in a random order or as a run of
+    slots (sliced for the halves): the one-page paths and the general paths leave the state
+    of the single calls."""
     cfg = Config(tokens_per_block=4, num_gpu_pages=400, num_host_pages=0, num_requests=64,
                  max_util_for_resume=1)
     policy = PRESETS["pr13805-reviewed"]
-    row, seq = Manager(cfg, policy, device="cpu"), Manager(cfg, policy, device="cpu")
+    row = row_manager(cfg, "pr13805-reviewed", mode)
+    seq = Manager(cfg, policy, device="cpu")
     rq = [GpuRequest(i, prompt_len=5, context_chunk_size=5, draft_len=i % 4) for i in range(64)]
     sq = [GpuRequest(i, prompt_len=5, context_chunk_size=5, draft_len=i % 4) for i in range(64)]
     for a, b in zip(rq, sq, strict=True):
         row.prepare_context(a)
         seq.prepare_context(b)
     row.load_requests(rq)
-    perm = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(1)) \
+        if layout == "permutation" else torch.arange(64)
     order = perm.tolist()
     n = torch.tensor([5 + (i % 3) * 4 for i in order])  # 2..5 pages: the general path
     assert row.resize_context_rows(perm, n).all()
@@ -176,13 +200,15 @@ def test_fast_path_pops_and_pushes_like_sequential() -> None:
     assert row.snapshot_state() == seq.snapshot_state()
     d = torch.tensor([i % 4 for i in order])
     for _ in range(4):  # grow (<= 1 page each), revert half, regrow, trim
+        if layout == "run" and row.read_each:  # (pending checks never mark a run)
+            assert row.req.valid_rows and row.req.valid_rows[-1][4] == 0  # known as a run
         assert row.try_allocate_generation_rows(perm, d).all()
         assert all(seq.try_allocate_generation(sq[i]) for i in order)
-        row.revert_allocate_generation_rows(perm[:32])
-        for i in order[:32]:
+        row.revert_allocate_generation_rows(perm[16:48])  # a slice at an offset
+        for i in order[16:48]:
             seq.revert_allocate_generation(sq[i])
-        assert row.try_allocate_generation_rows(perm[:32], d[:32]).all()
-        assert all(seq.try_allocate_generation(sq[i]) for i in order[:32])
+        assert row.try_allocate_generation_rows(perm[16:48], d[16:48]).all()
+        assert all(seq.try_allocate_generation(sq[i]) for i in order[16:48])
         acc = torch.tensor([(i * 7) % (i % 4 + 1) for i in order])
         row.update_resources_rows(perm, acc)
         for i, a in zip(order, acc.tolist(), strict=True):
@@ -269,3 +295,9 @@ def test_validated_rows_and_slices_skip_checks_until_written() -> None:
         m.update_context_resources_rows(rows, torch.full((8,), 4))
     with pytest.raises(ProtocolError):
         m.update_context_resources_rows(torch.arange(1, 10)[-2:], torch.full((2,), 4))
+
+
+def test_unknown_page_moves_is_refused() -> None:
+    cfg = Config(tokens_per_block=4, num_gpu_pages=8, num_host_pages=0, num_requests=2)
+    with pytest.raises(InvalidArgument, match="page_moves='bogus'"):
+        Manager(cfg, PRESETS["pr13805-reviewed"], device="cpu", page_moves="bogus")
