@@ -142,8 +142,8 @@ def bench_size(n: int, device: str, repeats: int, loop_limit: int) -> dict[str, 
     mr, rreqs_ = _setup_gpu(n, device)
     mr.load_requests(rreqs_)
     slots = np.arange(n, dtype=np.int64)
-    draft = torch.full((n,), DRAFT, dtype=torch.int64, device=device)
-    acc_t = torch.tensor(acc, dtype=torch.int64, device=device)
+    draft = torch.full((n,), DRAFT, dtype=torch.int32, device=device)
+    acc_t = torch.tensor(acc, dtype=torch.int32, device=device)
     _rows_iteration(mr, slots, draft, acc_t)  # warm-up
     m_ref, _ = _setup_gpu(n, device)
     _batched_iteration(m_ref, _, acc)

@@ -41,8 +41,7 @@ def resize_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
         raise InvalidArgument("context_current_position must be >= 0")
     if not ids:
         return []
-    args = m.transfer.columns(ids, pos_list, num_tokens)
-    rows, pos, n = args[0], args[1], args[2]
+    rows, pos, n = m.transfer.columns(ids, pos_list, num_tokens)
     m.require(rows, m.active(rows), ids, "resize_context needs an ACTIVE cache "
               "(call prepare_context first)")
     cap = m.cache.capacity[rows]
@@ -85,8 +84,8 @@ def revert_allocate_context_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
     if not ids:
         return []
     in_context = [int(getattr(r, "state", CONTEXT)) == CONTEXT for r in reqs]
-    args = m.transfer.columns(ids, pre_list, in_context)
-    rows, pre, ctx = args[0], args[1], args[2].bool()
+    rows, pre, ctx_col = m.transfer.columns(ids, pre_list, in_context)
+    ctx = ctx_col.bool()
     cap = m.cache.capacity[rows]
     hist = m.cache.history[rows]
     due = (pre >= 0) & m.active(rows) & (pre < cap)
@@ -123,8 +122,7 @@ def update_context_resources(m: ManagerCore, reqs: Sequence[RequestLike]) -> Non
     ids = m.ids(reqs)
     if not ids:
         return
-    args = m.transfer.columns(ids, [r.context_current_position for r in reqs])
-    rows, pos = args[0], args[1]
+    rows, pos = m.transfer.columns(ids, [r.context_current_position for r in reqs])
     c = m.cache
     m.require(rows, m.active(rows), ids, "update_context_resources needs an ACTIVE cache "
               "(only forwarded requests are updated)")
@@ -142,6 +140,6 @@ def suspend_request_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
     ids = m.ids(reqs)
     if not ids:
         return
-    rows = m.transfer.columns(ids)[0]
+    (rows,) = m.transfer.columns(ids)
     m.require(rows, m.active(rows), ids, "suspend_request needs an ACTIVE cache")
     m.cache.status[rows] = SUSPENDED

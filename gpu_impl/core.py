@@ -14,7 +14,7 @@ from kvspec.policy import Policy
 
 from .kv_store import KVStore
 from .pages import PagePool
-from .requests import ACTIVE, CacheState, RequestLike, RequestMirror
+from .requests import ACTIVE, FIELD, CacheState, RequestLike, RequestMirror
 from .transfer import Transfer
 
 #: Row-API page moves of at most one page per row: "compact" runs them on only the rows that
@@ -65,10 +65,9 @@ class ManagerCore:
             else None
         # 0-dim constants for the row API's arithmetic: a Python scalar operand costs a
         # conversion in every op
-        self.int_one = torch.ones((), dtype=torch.int64, device=self.device)
-        self.block_less_one = torch.full((), self.block - 1, dtype=torch.int64,
-                                         device=self.device)
-        self.block_shift_t = torch.full((), self.block_shift or 0, dtype=torch.int64,
+        self.int_one = torch.ones((), dtype=FIELD, device=self.device)
+        self.block_less_one = torch.full((), self.block - 1, dtype=FIELD, device=self.device)
+        self.block_shift_t = torch.full((), self.block_shift or 0, dtype=FIELD,
                                         device=self.device)
         self.num_rows = config.num_requests
         self.width = width

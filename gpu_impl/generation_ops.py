@@ -38,8 +38,7 @@ def try_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
         raise InvalidArgument(f"draft_len {drafts[:5]!r} must be >= 0")
     if not ids:
         return []
-    args = m.transfer.columns(ids, drafts)
-    rows, d = args[0], args[1]
+    rows, d = m.transfer.columns(ids, drafts)
     m.require(rows, m.cache.has_cache[rows], ids,
               "try_allocate_generation needs a cache (was it freed?)")
     susp = m.transfer.to_host(m.cache.status[rows] == SUSPENDED)
@@ -85,7 +84,7 @@ def revert_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]
     ids = m.ids(reqs)
     if not ids:
         return
-    rows = m.transfer.columns(ids)[0]
+    (rows,) = m.transfer.columns(ids)
     c = m.cache
     rec = c.draft_record[rows]
     target = c.capacity[rows] - 1 - rec
@@ -117,8 +116,7 @@ def update_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike],
         raise InvalidArgument("accepted must be in [0, draft_len] for every request")
     if not ids:
         return
-    args = m.transfer.columns(ids, accepted, drafts)
-    rows, acc, d = args[0], args[1], args[2]
+    rows, acc, d = m.transfer.columns(ids, accepted, drafts)
     c = m.cache
     rec = c.draft_record[rows]
     rewind = torch.clamp(torch.where(rec >= 0, rec, d) - acc, min=0)
@@ -144,7 +142,7 @@ def free_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
     ids = m.ids(reqs)
     if not ids:
         return
-    rows = m.transfer.columns(ids)[0]
+    (rows,) = m.transfer.columns(ids)
     m.require(rows, m.cache.has_cache[rows], ids, "free_resources of a request without a cache "
               "(double free?)")
     m.gpu.shrink(rows, torch.zeros_like(rows))

@@ -158,14 +158,13 @@ class Manager(ManagerCore):
         if not reqs:
             return
         ids = self.ids(reqs)
-        cols = self.transfer.columns(
+        rows, pos, snap, draft = self.transfer.columns(
             ids, [r.context_current_position for r in reqs],
             [-1 if r.py_ctx_pre_resize_cap is None else r.py_ctx_pre_resize_cap for r in reqs],
             [r.draft_len for r in reqs])
-        rows = cols[0]
-        self.req.pos.index_copy_(0, rows, cols[1])
-        self.req.snap.index_copy_(0, rows, cols[2])
-        self.req.draft.index_copy_(0, rows, cols[3])
+        self.req.pos.index_copy_(0, rows, pos)
+        self.req.snap.index_copy_(0, rows, snap)
+        self.req.draft.index_copy_(0, rows, draft)
 
     def store_requests(self, reqs: Sequence[RequestLike]) -> None:
         """Copies the mirror's pos and snapshot back into request objects."""
@@ -196,8 +195,7 @@ class Manager(ManagerCore):
             raise InvalidArgument("start_pos and num_tokens must be >= 0")
         if not ids:
             return
-        args = self.transfer.columns(ids, start_pos, num_tokens)
-        rows, start, n = args[0], args[1], args[2]
+        rows, start, n = self.transfer.columns(ids, start_pos, num_tokens)
         self.require(rows, self.active(rows) & (start + n <= self.cache.capacity[rows]), ids,
                      "forward_write needs an ACTIVE cache with start + n <= capacity")
         seg, j, _ = expand(n)

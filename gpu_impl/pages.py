@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .requests import FIELD
+
 NULL_PAGE = 0
 FREE_OWNER = -1
 NULL_OWNER = -2
@@ -19,7 +21,7 @@ def expand(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flattens per-segment counts into (segment id, index within segment) per element.
 
     Args:
-        k: int64 [n] non-negative counts.
+        k: int32 or int64 [n] non-negative counts.
 
     Returns:
         ``(seg, j, excl)``: int64 [sum k] segment of each element, int64 [sum k] index of the
@@ -39,7 +41,8 @@ class PagePool:
     State:
         table: int32 [num_rows, width], entries ``[:count[row]]`` are the row's pages in order,
             the rest are :data:`NULL_PAGE`.
-        count: int64 [num_rows] pages per row in this tier.
+        count: int32 (:data:`~kvspec.gpu_impl.requests.FIELD`) [num_rows] pages per row in
+            this tier.
         stack: int64 [num_pages] free pages; ``stack[:free]`` are free, the top is
             ``stack[free - 1]``. Pops take from the top, pushes go on top.
         owner: int64 [num_pages + 1] row owning each page, :data:`FREE_OWNER` when free,
@@ -65,7 +68,7 @@ class PagePool:
         self.table_full = torch.zeros((num_rows + 1, width), dtype=torch.int32, device=device)
         self.table = self.table_full[:num_rows]
         self.table_flat = self.table_full.view(-1)
-        self.count = torch.zeros(num_rows, dtype=torch.int64, device=device)
+        self.count = torch.zeros(num_rows, dtype=FIELD, device=device)
         # Initial stack [G, G-1, ..., 1]: the first pops hand out pages 1, 2, 3, ...
         self.stack_full = torch.zeros(num_pages + 1, dtype=torch.int64, device=device)
         self.stack_full[:num_pages] = torch.arange(num_pages, 0, -1, dtype=torch.int64,
@@ -92,7 +95,7 @@ class PagePool:
         the number of requests.
 
         Args:
-            need: int64 [n] pages wanted per request (>= 0).
+            need: int [n] pages wanted per request (>= 0).
             eligible: bool [n] requests that may allocate at all.
 
         Returns:
@@ -132,7 +135,7 @@ class PagePool:
             seg_rows = rows[seg]
             self.table[seg_rows, old[seg] + j] = pages.to(torch.int32)
             self.owner[pages] = seg_rows
-        self.count[rows] = new_count
+        self.count[rows] = new_count.to(FIELD)
         self.free -= total
         return total
 
@@ -153,7 +156,7 @@ class PagePool:
             self.stack[self.free + excl[seg] + j] = pages
             self.table[seg_rows, cols] = NULL_PAGE
             self.owner[pages] = FREE_OWNER
-        self.count[rows] = new_count
+        self.count[rows] = new_count.to(FIELD)
         self.free += total
         return total
 
@@ -209,7 +212,7 @@ class PagePool:
         Cost: 11 tensor ops, no ``where``, no sync.
         """
         entry = torch.add(new, rows, alpha=self.width)
-        pages = self.table_flat.index_select(0, entry) * rel  # int64
+        pages = self.table_flat.index_select(0, entry).long() * rel
         self.table_flat.index_add_(0, entry, pages.to(torch.int32), alpha=-1)
         # stack slot: free + cum - 1 for rel 1, the scratch slot num_pages for rel 0
         slot = (rel.cumsum(0) + (self.free - 1 - self.num_pages)) * rel + self.num_pages

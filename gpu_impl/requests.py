@@ -8,6 +8,10 @@ from typing import Protocol
 
 import torch
 
+#: dtype of every per-row field (capacities, positions, counts, statuses): int32, as the
+#: KV managers of TensorRT-LLM and vLLM keep them; row and page indices are int64
+FIELD = torch.int32
+
 ACTIVE, SUSPENDED = 0, 1
 CONTEXT = 1  # request state CONTEXT_INIT (TRT LlmRequestState value used by kvspec)
 NO_RECORD = -1  # encodes None for the draft record
@@ -39,7 +43,7 @@ class GpuRequest:
 
 
 class CacheState:
-    """Per-row cache fields as int64/bool [num_rows] tensors on one device.
+    """Per-row cache fields as int32 (:data:`FIELD`) or bool [num_rows] tensors on one device.
 
     Rows without a cache hold the empty values (capacity 0, SUSPENDED, no record), matching the
     model's empty slot.
@@ -47,7 +51,7 @@ class CacheState:
 
     def __init__(self, num_rows: int, device: torch.device) -> None:
         def zeros() -> torch.Tensor:
-            return torch.zeros(num_rows, dtype=torch.int64, device=device)
+            return torch.zeros(num_rows, dtype=FIELD, device=device)
 
         def flags() -> torch.Tensor:
             return torch.zeros(num_rows, dtype=torch.bool, device=device)
@@ -58,8 +62,8 @@ class CacheState:
         # update_context_resources / update_resources, zeroed together otherwise), so it is the
         # same tensor: one scatter less per update.
         self.committed = self.history
-        self.status = torch.full((num_rows,), SUSPENDED, dtype=torch.int64, device=device)
-        self.draft_record = torch.full((num_rows,), NO_RECORD, dtype=torch.int64, device=device)
+        self.status = torch.full((num_rows,), SUSPENDED, dtype=FIELD, device=device)
+        self.draft_record = torch.full((num_rows,), NO_RECORD, dtype=FIELD, device=device)
         self.has_cache = flags()
         self.on_host = flags()
         self.never_resumed = flags()
@@ -82,16 +86,17 @@ class CacheState:
 
 
 class RequestMirror:
-    """Request-side fields of every slot as int64 [num_rows] tensors on the device.
+    """Request-side fields of every slot as int32 (:data:`FIELD`) [num_rows] tensors on the
+    device.
 
     pos: ``context_current_position``; snap: ``py_ctx_pre_resize_cap`` (-1 for None);
     draft: ``draft_len`` (set by try_allocate_generation_rows, read by update_resources_rows).
     """
 
     def __init__(self, num_rows: int, device: torch.device) -> None:
-        self.pos = torch.zeros(num_rows, dtype=torch.int64, device=device)
-        self.snap = torch.full((num_rows,), -1, dtype=torch.int64, device=device)
-        self.draft = torch.zeros(num_rows, dtype=torch.int64, device=device)
+        self.pos = torch.zeros(num_rows, dtype=FIELD, device=device)
+        self.snap = torch.full((num_rows,), -1, dtype=FIELD, device=device)
+        self.draft = torch.zeros(num_rows, dtype=FIELD, device=device)
         # scratch for the duplicate check, and a ones vector to count with
         self.seen = torch.zeros(num_rows, dtype=torch.int64, device=device)
         self.ones = torch.ones(num_rows, dtype=torch.int64, device=device)

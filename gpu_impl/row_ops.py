@@ -23,28 +23,44 @@ from kvspec.errors import InvalidArgument
 
 from . import context_ops, generation_ops
 from .core import ManagerCore
-from .requests import ACTIVE, CONTEXT, NO_RECORD, GpuRequest
+from .requests import ACTIVE, CONTEXT, FIELD, NO_RECORD, GpuRequest
 from .row_sets import Rows, passed, row_checks
 
+_INT32 = torch.iinfo(torch.int32)
 
-def _vec(m: ManagerCore, t: torch.Tensor | list[int], what: str) -> torch.Tensor:
-    if type(t) is torch.Tensor and t.dtype is torch.int64 and t.device == m.device:
+
+def _vec(m: ManagerCore, t: torch.Tensor | list[int], what: str,
+         dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as a 1-D ``dtype`` tensor on the manager's device: as is (no op) when it already
+    is one, else converted (values checked to fit int32 when ``dtype`` is int32)."""
+    if type(t) is torch.Tensor and t.dtype is dtype and t.device == m.device:
         if t.dim() != 1:
             raise InvalidArgument(f"{what} must be a 1-D tensor")
         return t  # the hot path: no conversion op
     if not isinstance(t, torch.Tensor):
-        t = torch.tensor(t, dtype=torch.int64)
+        try:
+            t = torch.tensor(t, dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidArgument(f"{what} must be a list of ints ({exc})") from None
     if t.dim() != 1:
         raise InvalidArgument(f"{what} must be a 1-D tensor")
-    return t.to(device=m.device, dtype=torch.int64)
+    if t.numel() and (t.dtype.is_floating_point or t.dtype.is_complex
+                      or t.dtype is torch.bool):  # (torch.tensor([]) is a float tensor)
+        raise InvalidArgument(f"{what} must hold integers, got {t.dtype}")
+    if dtype is torch.int32 and t.numel() and (
+            int(t.min()) < _INT32.min or int(t.max()) > _INT32.max):
+        raise InvalidArgument(f"{what} has values outside int32, the per-row field type")
+    return t.to(device=m.device, dtype=dtype)
 
 
 def _args(m: ManagerCore, rows: torch.Tensor | list[int],
           *cols: tuple[torch.Tensor | list[int], str]) -> tuple[torch.Tensor, ...]:
-    r = _vec(m, rows, "rows")
+    """``rows`` as int64 (an index) and the per-row arguments as int32 (:data:`FIELD`), all
+    1-D on the device and of one length; raises InvalidArgument otherwise."""
+    r = _vec(m, rows, "rows", torch.int64)
     out = [r]
     for c, name in cols:
-        v = _vec(m, c, name)
+        v = _vec(m, c, name, FIELD)
         if v.numel() != r.numel():
             raise InvalidArgument(f"{v.numel()} {name} for {r.numel()} rows")
         out.append(v)
@@ -80,7 +96,7 @@ def _store(m: ManagerCore, rows: torch.Tensor, reqs: list[GpuRequest]) -> None:
         return
     vals = torch.tensor([[q.context_current_position for q in reqs],
                          [-1 if q.py_ctx_pre_resize_cap is None else q.py_ctx_pre_resize_cap
-                          for q in reqs]], dtype=torch.int64).to(m.device)
+                          for q in reqs]], dtype=FIELD).to(m.device)
     mirror.pos.index_copy_(0, rows, vals[0])
     mirror.snap.index_copy_(0, rows, vals[1])
 

@@ -29,14 +29,19 @@ class Transfer:
         self.h2d_kv_bytes = 0
         self.d2h_kv_bytes = 0
 
-    def columns(self, *cols: Sequence[int]) -> torch.Tensor:
-        """Packs equal-length int columns into one int32 [len(cols), n] tensor on the device.
+    def columns(self, rows: Sequence[int], *cols: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """Ships request rows and equal-length int columns, packed as one int32 tensor.
 
-        Cost: one host->device copy of 4 * len(cols) * n bytes (counted in ``h2d_bytes``).
+        Returns ``(rows, *cols)`` on the device: rows as int64 (an index), the columns as
+        int32 (the per-row fields' dtype, :data:`~kvspec.gpu_impl.requests.FIELD`).
+        Cost: one host->device copy of 4 * (1 + len(cols)) * n bytes (counted in
+        ``h2d_bytes``) and one widening op for the rows.
         """
-        host = torch.from_numpy(np.array(cols, dtype=np.int32).reshape(len(cols), -1))
+        host = torch.from_numpy(np.array([rows, *cols], dtype=np.int32).reshape(
+            1 + len(cols), -1))
         self.h2d_bytes += host.numel() * 4
-        return host.to(self.device, non_blocking=False).to(torch.int64)
+        packed = host.to(self.device, non_blocking=False)
+        return (packed[0].long(), *packed[1:])
 
     def to_host(self, t: torch.Tensor) -> list[int]:
         """Reads a 1-D integer (or bool) device tensor back as a Python list (one D2H copy)."""

@@ -301,3 +301,25 @@ def test_unknown_page_moves_is_refused() -> None:
     cfg = Config(tokens_per_block=4, num_gpu_pages=8, num_host_pages=0, num_requests=2)
     with pytest.raises(InvalidArgument, match="page_moves='bogus'"):
         Manager(cfg, PRESETS["pr13805-reviewed"], device="cpu", page_moves="bogus")
+
+
+def test_row_arguments_are_converted_or_refused() -> None:
+    """Per-row arguments are int32 fields: int64 tensors and lists are converted; floats,
+    values outside int32 and 2-D tensors are refused with InvalidArgument, state unchanged."""
+    cfg = Config(tokens_per_block=4, num_gpu_pages=16, num_host_pages=0, num_requests=2)
+    m = Manager(cfg, PRESETS["pr13805-reviewed"], device="cpu")
+    reqs = [GpuRequest(i, prompt_len=4, context_chunk_size=4) for i in range(2)]
+    for q in reqs:
+        m.prepare_context(q)
+    m.load_requests(reqs)
+    assert m.resize_context_rows([0, 1], torch.tensor([4, 4], dtype=torch.int64)).all()
+    before = m.snapshot_state()
+    for bad, what in ((torch.tensor([1.0, 2.0]), "must hold integers"),
+                      (torch.tensor([2**31, 0]), "outside int32"),
+                      (torch.tensor([[1, 2]]), "1-D"),
+                      (["a", "b"], "list of ints")):
+        with pytest.raises(InvalidArgument, match=what):
+            m.resize_context_rows(torch.tensor([0, 1]), bad)  # type: ignore[arg-type]
+        assert m.snapshot_state() == before
+    with pytest.raises(InvalidArgument, match="rows must hold integers"):
+        m.update_context_resources_rows(torch.tensor([0.0, 1.0]), [4, 4])
