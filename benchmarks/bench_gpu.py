@@ -2,7 +2,8 @@
 
 One generation iteration = grow every request (try_allocate_generation), revert half of them
 (revert_allocate_generation), grow that half again, trim every request (update_resources with
-random accepted drafts). Timed as batched calls of the torch manager, against the per-request
+random accepted drafts). Timed as batched calls of the torch manager (row API with the batch in
+slot order and in a random slot order; object API), against the per-request
 loop of single calls of the same manager and of the CPU reference (when importable). Also
 reports control bytes shipped host->device per iteration against vLLM v1's full-row copy
 (num_requests x table width x 4 B), and on CUDA the suspend/resume copy bandwidth as a
@@ -93,8 +94,9 @@ def _rows_iteration(m: Manager, slots: np.ndarray, draft: torch.Tensor,
                     acc: torch.Tensor) -> None:
     """The same iteration through the row-tensor API. The scheduler's slot array becomes a
     fresh rows tensor every iteration (zero-copy on CPU, one H2D copy on CUDA), so the row
-    checks run once per iteration for ``rows`` and once for ``half``; draft and accepted
-    counts are device tensors already (the sampler's output)."""
+    checks run once per iteration (``half``, a slice of ``rows``, needs none); draft and
+    accepted counts are int32 device tensors already (the sampler's output). Slots in order
+    (``arange``: a persistent batch) take the slice path, a permutation the gather path."""
     rows = torch.from_numpy(slots).to(m.device)
     half = rows[: rows.numel() // 2]
     m.try_allocate_generation_rows(rows, draft)
@@ -150,6 +152,14 @@ def bench_size(n: int, device: str, repeats: int, loop_limit: int) -> dict[str, 
     assert mr.snapshot_state() == m_ref.snapshot_state(), "row API != object API"
     row["rows_s"] = _time(lambda: _rows_iteration(mr, slots, draft, acc_t), repeats, sync)
     mr.check_integrity()
+    # the same with the batch in a random slot order (gathers and scatters instead of slices)
+    mp, preqs = _setup_gpu(n, device)
+    mp.load_requests(preqs)
+    perm = np.random.default_rng(n).permutation(n)
+    _rows_iteration(mp, perm, draft, acc_t)  # warm-up
+    row["rows_permuted_s"] = _time(lambda: _rows_iteration(mp, perm, draft, acc_t), repeats,
+                                   sync)
+    mp.check_integrity()
     if n <= loop_limit:
         m2, reqs2 = _setup_gpu(n, device)
         row["gpu_loop_s"] = _time(lambda: _loop_iteration(m2, reqs2, acc),
@@ -163,6 +173,7 @@ def bench_size(n: int, device: str, repeats: int, loop_limit: int) -> dict[str, 
         if key in row:
             row[f"speedup_vs_{key[:-2]}"] = row[key] / row["batched_s"]
             row[f"rows_speedup_vs_{key[:-2]}"] = row[key] / row["rows_s"]
+            row[f"rows_permuted_speedup_vs_{key[:-2]}"] = row[key] / row["rows_permuted_s"]
     return row
 
 
@@ -237,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
         row = bench_size(n, args.device, args.repeats, args.loop_limit)
         out["sizes"].append(row)
         parts = [f"n={n:>6}", f"rows {row['rows_s'] * 1e3:7.3f} ms",
+                 f"(permuted {row['rows_permuted_s'] * 1e3:7.3f} ms)",
                  f"object batched {row['batched_s'] * 1e3:7.2f} ms"]
         if "gpu_loop_s" in row:
             parts.append(f"torch loop {row['gpu_loop_s'] * 1e3:9.1f} ms "
                          f"(x{row['speedup_vs_gpu_loop']:.1f})")
         if "reference_loop_s" in row:
             parts.append(f"reference loop {row['reference_loop_s'] * 1e3:8.2f} ms "
-                         f"(rows x{row['rows_speedup_vs_reference_loop']:.1f}, object "
+                         f"(rows x{row['rows_speedup_vs_reference_loop']:.1f}, permuted "
+                         f"x{row['rows_permuted_speedup_vs_reference_loop']:.1f}, object "
                          f"x{row['speedup_vs_reference_loop']:.1f})")
         parts.append(f"H2D {row['h2d_bytes_per_iter']} B vs full rows "
                      f"{row['vllm_full_row_bytes_per_iter']} B")
