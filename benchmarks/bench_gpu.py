@@ -10,7 +10,7 @@ reports control bytes shipped host->device per iteration against vLLM v1's full-
 fraction of raw pinned D2H/H2D bandwidth.
 
 Usage: python benchmarks/bench_gpu.py [--device cpu|cuda] [--sizes 256 4096 16384]
-       [--repeats 5] [--json PATH]
+       [--repeats 5] [--block 8] [--json PATH]
 """
 
 from __future__ import annotations
@@ -34,14 +34,23 @@ from kvspec.policy import PRESETS
 
 BLOCK = 16
 WIDTH = 128  # page-table width (2,048 tokens at 16 tokens per page)
-PROMPT = 100
+MIN_PROMPT, MAX_PROMPT = 64, 192
 DRAFT = 2
 POLICY = PRESETS["pr13805-reviewed"]
 
 
 def _config(n: int) -> Config:
-    return Config(tokens_per_block=BLOCK, num_gpu_pages=n * 16, num_host_pages=16,
-                  num_requests=n, max_prompt_len=PROMPT, max_draft_len=DRAFT)
+    # 32 pages (512 tokens) per request: room for the prompt and ~150 iterations
+    return Config(tokens_per_block=BLOCK, num_gpu_pages=n * 32, num_host_pages=16,
+                  num_requests=n, max_prompt_len=MAX_PROMPT, max_draft_len=DRAFT)
+
+
+def _prompts(n: int) -> list[int]:
+    """Prompt lengths, seeded: requests sit at different offsets inside their last page, so
+    every iteration moves pages for some of them (equal lengths would make all requests cross
+    a page boundary in the same iterations and the median depend on the phase)."""
+    rng = random.Random(n)
+    return [rng.randint(MIN_PROMPT, MAX_PROMPT) for _ in range(n)]
 
 
 def _reference_cls() -> Any:
@@ -55,13 +64,14 @@ def _reference_cls() -> Any:
 
 def _setup_gpu(n: int, device: str) -> tuple[Manager, list[GpuRequest]]:
     m = Manager(_config(n), POLICY, device=device, kv_width=1, max_pages_per_request=WIDTH)
-    reqs = [GpuRequest(i, prompt_len=PROMPT, context_chunk_size=PROMPT, draft_len=DRAFT)
-            for i in range(n)]
+    prompts = _prompts(n)
+    reqs = [GpuRequest(i, prompt_len=p, context_chunk_size=p, draft_len=DRAFT)
+            for i, p in enumerate(prompts)]
     for q in reqs:
         m.prepare_context(q)
-    assert all(m.resize_context_batch(reqs, [PROMPT + DRAFT] * n))
+    assert all(m.resize_context_batch(reqs, [p + DRAFT for p in prompts]))
     for q in reqs:
-        q.context_current_position = PROMPT
+        q.context_current_position = q.prompt_len
         q.state = 2
     m.update_context_resources(reqs)
     return m, reqs
@@ -70,12 +80,12 @@ def _setup_gpu(n: int, device: str) -> tuple[Manager, list[GpuRequest]]:
 def _setup_reference(n: int) -> tuple[Any, list[Any]]:
     ref_cls, req_cls, states = _reference_cls()
     m = ref_cls(_config(n), POLICY)
-    reqs = [req_cls(request_id=i, prompt_len=PROMPT, context_chunk_size=PROMPT,
-                    draft_len=DRAFT) for i in range(n)]
+    reqs = [req_cls(request_id=i, prompt_len=p, context_chunk_size=p, draft_len=DRAFT)
+            for i, p in enumerate(_prompts(n))]
     for q in reqs:
         m.prepare_context(q)
-        m.resize_context(q, PROMPT + DRAFT)
-        q.context_current_position = PROMPT
+        m.resize_context(q, q.prompt_len + DRAFT)
+        q.context_current_position = q.prompt_len
     m.update_context_resources(reqs)
     for q in reqs:
         q.state = states.GENERATION_IN_PROGRESS
@@ -117,19 +127,24 @@ def _loop_iteration(m: Any, reqs: list[Any], acc: list[int]) -> None:
         m.update_resources([q], [a])
 
 
-def _time(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> float:
+def _time(fn: Callable[[], None], repeats: int, sync: Callable[[], None],
+          block: int = 1) -> float:
+    """Median over ``repeats`` blocks of the mean time of one call over ``block`` calls."""
     times = []
     for _ in range(repeats):
         sync()
         t0 = time.perf_counter()
-        fn()
+        for _ in range(block):
+            fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / block)
     return statistics.median(times)
 
 
-def bench_size(n: int, device: str, repeats: int, loop_limit: int) -> dict[str, Any]:
-    """Medians (seconds) of one iteration for each variant at ``n`` requests."""
+def bench_size(n: int, device: str, repeats: int, loop_limit: int,
+               block: int) -> dict[str, Any]:
+    """Medians over ``repeats`` blocks of ``block`` iterations of the time (seconds) of one
+    iteration, for each variant at ``n`` requests."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rng = random.Random(n)
     acc = [rng.randint(0, DRAFT) for _ in range(n)]
@@ -137,8 +152,8 @@ def bench_size(n: int, device: str, repeats: int, loop_limit: int) -> dict[str, 
     m, reqs = _setup_gpu(n, device)
     _batched_iteration(m, reqs, acc)  # warm-up
     before = m.h2d_bytes
-    row["batched_s"] = _time(lambda: _batched_iteration(m, reqs, acc), repeats, sync)
-    row["h2d_bytes_per_iter"] = (m.h2d_bytes - before) // repeats
+    row["batched_s"] = _time(lambda: _batched_iteration(m, reqs, acc), repeats, sync, block)
+    row["h2d_bytes_per_iter"] = (m.h2d_bytes - before) // (repeats * block)
     row["vllm_full_row_bytes_per_iter"] = n * WIDTH * 4
     m.check_integrity()
     mr, rreqs_ = _setup_gpu(n, device)
@@ -150,7 +165,8 @@ def bench_size(n: int, device: str, repeats: int, loop_limit: int) -> dict[str, 
     m_ref, _ = _setup_gpu(n, device)
     _batched_iteration(m_ref, _, acc)
     assert mr.snapshot_state() == m_ref.snapshot_state(), "row API != object API"
-    row["rows_s"] = _time(lambda: _rows_iteration(mr, slots, draft, acc_t), repeats, sync)
+    row["rows_s"] = _time(lambda: _rows_iteration(mr, slots, draft, acc_t), repeats, sync,
+                          block)
     mr.check_integrity()
     # the same with the batch in a random slot order (gathers and scatters instead of slices)
     mp, preqs = _setup_gpu(n, device)
@@ -158,28 +174,22 @@ def bench_size(n: int, device: str, repeats: int, loop_limit: int) -> dict[str, 
     perm = np.random.default_rng(n).permutation(n)
     _rows_iteration(mp, perm, draft, acc_t)  # warm-up
     row["rows_permuted_s"] = _time(lambda: _rows_iteration(mp, perm, draft, acc_t), repeats,
-                                   sync)
+                                   sync, block)
     mp.check_integrity()
     if n <= loop_limit:
         m2, reqs2 = _setup_gpu(n, device)
         row["gpu_loop_s"] = _time(lambda: _loop_iteration(m2, reqs2, acc),
                                   max(1, repeats // 2), sync)
-        assert m2.snapshot_state()[0] == _setup_state_after(m, m2)
     if _reference_cls() is not None:
         ref, rreqs = _setup_reference(n)
         row["reference_loop_s"] = _time(lambda: _loop_iteration(ref, rreqs, acc),
-                                        repeats, lambda: None)
+                                        repeats, lambda: None, block)
     for key in ("gpu_loop_s", "reference_loop_s"):
         if key in row:
             row[f"speedup_vs_{key[:-2]}"] = row[key] / row["batched_s"]
             row[f"rows_speedup_vs_{key[:-2]}"] = row[key] / row["rows_s"]
             row[f"rows_permuted_speedup_vs_{key[:-2]}"] = row[key] / row["rows_permuted_s"]
     return row
-
-
-def _setup_state_after(m: Manager, m2: Manager) -> object:
-    """Cache fields of the loop manager (the two ran different iteration counts)."""
-    return m2.snapshot_state()[0]
 
 
 def bench_copies(device: str, pages: int, kv_width: int) -> dict[str, Any]:
@@ -224,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 4096, 16384])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per variant")
+    p.add_argument("--block", type=int, default=8,
+                   help="iterations per timed block (the block's mean is one sample)")
     p.add_argument("--loop-limit", type=int, default=4096,
                    help="largest size at which the torch per-request loop is timed (slow)")
     p.add_argument("--copy-pages", type=int, default=0,
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "iteration": "grow all, revert half, grow half, trim all (generation, draft 2)",
         "sizes": []}
     for n in args.sizes:
-        row = bench_size(n, args.device, args.repeats, args.loop_limit)
+        row = bench_size(n, args.device, args.repeats, args.loop_limit, args.block)
         out["sizes"].append(row)
         parts = [f"n={n:>6}", f"rows {row['rows_s'] * 1e3:7.3f} ms",
                  f"(permuted {row['rows_permuted_s'] * 1e3:7.3f} ms)",

@@ -51,6 +51,10 @@ class ManagerCore:
         self.config = config
         self.policy = policy
         self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda" and self.device.index is None:
+            # "cuda" names the current device; tensors report "cuda:N", and the row API's
+            # argument check compares devices
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if page_moves is None:
             page_moves = "compact" if self.device.type == "cpu" else "fixed"
         if page_moves not in PAGE_MOVES:

@@ -47,7 +47,7 @@ def _vec(m: ManagerCore, t: torch.Tensor | list[int], what: str,
     if t.numel() and (t.dtype.is_floating_point or t.dtype.is_complex
                       or t.dtype is torch.bool):  # (torch.tensor([]) is a float tensor)
         raise InvalidArgument(f"{what} must hold integers, got {t.dtype}")
-    if dtype is torch.int32 and t.numel() and (
+    if dtype is torch.int32 and t.dtype is not torch.int32 and t.numel() and (
             int(t.min()) < _INT32.min or int(t.max()) > _INT32.max):
         raise InvalidArgument(f"{what} has values outside int32, the per-row field type")
     return t.to(device=m.device, dtype=dtype)

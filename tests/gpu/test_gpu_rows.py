@@ -32,9 +32,13 @@ def _none(_: object) -> None:
 MODES = [("compact", True), ("fixed", False), ("compact", False)]
 
 
-def row_manager(cfg: Config, policy_name: str, mode: tuple[str, bool], **kw: int) -> Manager:
-    """A torch manager on the CPU running the row API's strategies of ``mode``."""
-    m = Manager(cfg, PRESETS[policy_name], device="cpu", page_moves=mode[0], **kw)
+def row_manager(cfg: Config, policy_name: str, mode: tuple[str, bool] | None,
+                device: str = "cpu", **kw: int) -> Manager:
+    """A torch manager on ``device`` running the row API's strategies of ``mode`` (None: the
+    device's defaults)."""
+    if mode is None:
+        return Manager(cfg, PRESETS[policy_name], device=device, **kw)
+    m = Manager(cfg, PRESETS[policy_name], device=device, page_moves=mode[0], **kw)
     m.read_each = mode[1]
     return m
 
@@ -45,10 +49,10 @@ class Trio:
     in random order, or runs of consecutive slots (the row API's slice path)."""
 
     def __init__(self, cfg: Config, policy_name: str,
-                 mode: tuple[str, bool] = MODES[0]) -> None:
+                 mode: tuple[str, bool] | None = MODES[0], device: str = "cpu") -> None:
         policy = PRESETS[policy_name]
         self.policy = policy
-        self.row = row_manager(cfg, policy_name, mode, kv_width=1)
+        self.row = row_manager(cfg, policy_name, mode, device, kv_width=1)
         self.obj = gpu_impl(cfg, policy, True).mgr
         self.seq = gpu_impl(cfg, policy, False).mgr
         self.reqs: dict[str, dict[int, GpuRequest]] = {"row": {}, "obj": {}, "seq": {}}
@@ -167,6 +171,23 @@ def test_rows_equal_object_and_sequential(policy_name: str, mode: tuple[str, boo
     for _ in range(60):
         trio.step(rng)
         trio.check_mirror()
+
+
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, NO_CUDA])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("policy_name", ["pr13805-reviewed", "pr14849"])
+def test_rows_on_device_equal_object_api(device: str, policy_name: str) -> None:
+    """The row manager on ``device`` with that device's default strategies (on CUDA: pending
+    checks read in one sync, fixed-shape page moves) against the object API on the CPU."""
+    for seed in range(4):
+        rng = random.Random(seed)
+        trio = Trio(SMALL, policy_name, None, device)
+        for _ in range(60):
+            trio.step(rng)
+            trio.check_mirror()
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: f"{m[0]}-{'each' if m[1] else 'stacked'}")
