@@ -106,3 +106,5 @@ class RequestMirror:
         # when the rows are a run of consecutive slots else None) of rows tensors that passed
         # the row checks (gpu_impl.row_sets); the last few kept
         self.valid_rows: list[tuple[torch.Tensor, int, int, int, int | None]] = []
+        # slices of per-row fields for runs of slots, (id(field), start, length) -> view
+        self.views: dict[tuple[int, int, int], torch.Tensor] = {}

@@ -17,6 +17,9 @@ from .core import ManagerCore
 #: how many validated rows tensors the manager remembers (a scheduler passes one per
 #: iteration, or slices of it)
 REMEMBERED = 4
+#: how many field slices the manager keeps for runs (field, start, length); a scheduler's
+#: batches repeat the same few runs, so slicing a field is a dictionary lookup
+SLICES_KEPT = 256
 
 
 class Rows:
@@ -30,18 +33,22 @@ class Rows:
 
     __slots__ = ("index", "start", "k", "_views")
 
-    def __init__(self, index: torch.Tensor, start: int | None) -> None:
+    def __init__(self, index: torch.Tensor, start: int | None,
+                 views: dict[tuple[int, int, int], torch.Tensor]) -> None:
         self.index = index
         self.start = start
         self.k = index.numel()
-        self._views: dict[int, torch.Tensor] = {}  # id(field) -> its slice, for a run
+        self._views = views  # the manager's (id(field), start, k) -> slice of the field
 
     def _slice(self, field: torch.Tensor) -> torch.Tensor:
-        view = self._views.get(id(field))
+        start = self.start
+        assert start is not None
+        key = (id(field), start, self.k)  # (fields live as long as the manager)
+        view = self._views.get(key)
         if view is None:
-            start = self.start
-            assert start is not None
-            view = self._views[id(field)] = field[start:start + self.k]
+            if len(self._views) >= SLICES_KEPT:
+                self._views.clear()
+            view = self._views[key] = field[start:start + self.k]
         return view
 
     def take(self, field: torch.Tensor) -> torch.Tensor:
@@ -92,7 +99,7 @@ def row_checks(m: ManagerCore, rows: torch.Tensor) -> tuple[Rows | None, list[to
         return _check_now(m, rows), []
     lo, hi = torch.aminmax(rows)
     rc = rows.clamp(0, m.num_rows - 1)
-    return Rows(rc, None), [lo, hi, _multiplicity(m, rc)]
+    return Rows(rc, None, m.req.views), [lo, hi, _multiplicity(m, rc)]
 
 
 def passed(m: ManagerCore, rows: torch.Tensor, vals: list[int], checked: bool) -> bool:
@@ -117,7 +124,7 @@ def _known(m: ManagerCore, rows: torch.Tensor) -> Rows | None:
     version = rows._version
     for t, ver, lo, hi, first in m.req.valid_rows:  # (no inference tensor is in the list)
         if t is base and ver == version and lo <= start and end <= hi:
-            return Rows(rows, None if first is None else first + start - lo)
+            return Rows(rows, None if first is None else first + start - lo, m.req.views)
     return None
 
 
@@ -126,12 +133,12 @@ def _check_now(m: ManagerCore, rows: torch.Tensor) -> Rows | None:
     first = int(rows[0].item())
     if 0 <= first <= m.num_rows - k and torch.equal(rows, m.req.slots[first:first + k]):
         _remember(m, rows, first)  # a run: valid, 1 op (an equality test that stops early)
-        return Rows(rows, first)
+        return Rows(rows, first, m.req.views)
     lo, hi = torch.aminmax(rows)
     if lo.item() < 0 or hi.item() >= m.num_rows or _multiplicity(m, rows).item() > 1:
         return None
     _remember(m, rows, None)
-    return Rows(rows, None)
+    return Rows(rows, None, m.req.views)
 
 
 def _multiplicity(m: ManagerCore, rows: torch.Tensor) -> torch.Tensor:
