@@ -296,15 +296,22 @@ def test_fast_paths_at_full_rows_equal_object_api(seed: int) -> None:
              lambda: obj.update_resources_batch(o, acc))  # noqa: B023
 
 
-def test_validated_rows_and_slices_skip_checks_until_written() -> None:
-    """A slice of a rows tensor that passed the checks is valid; an in-place write to the
-    tensor (or any view) makes the next call check again and raise on a duplicate."""
-    cfg = Config(tokens_per_block=4, num_gpu_pages=64, num_host_pages=0, num_requests=8)
+def _prepared(num_requests: int, num_pages: int) -> Manager:
+    """A CPU manager whose requests (prompt 4, 4 tokens per page) are prepared and loaded."""
+    cfg = Config(tokens_per_block=4, num_gpu_pages=num_pages, num_host_pages=0,
+                 num_requests=num_requests)
     m = Manager(cfg, PRESETS["pr13805-reviewed"], device="cpu")
-    reqs = [GpuRequest(i, prompt_len=4, context_chunk_size=4) for i in range(8)]
+    reqs = [GpuRequest(i, prompt_len=4, context_chunk_size=4) for i in range(num_requests)]
     for q in reqs:
         m.prepare_context(q)
     m.load_requests(reqs)
+    return m
+
+
+def test_validated_rows_and_slices_skip_checks_until_written() -> None:
+    """A slice of a rows tensor that passed the checks is valid; an in-place write to the
+    tensor (or any view) makes the next call check again and raise on a duplicate."""
+    m = _prepared(8, 64)
     rows = torch.arange(8)
     assert m.resize_context_rows(rows, torch.full((8,), 4)).all()
     m.update_context_resources_rows(rows[2:6], torch.full((4,), 4))  # a slice: no checks
@@ -327,12 +334,7 @@ def test_unknown_page_moves_is_refused() -> None:
 def test_row_arguments_are_converted_or_refused() -> None:
     """Per-row arguments are int32 fields: int64 tensors and lists are converted; floats,
     values outside int32 and 2-D tensors are refused with InvalidArgument, state unchanged."""
-    cfg = Config(tokens_per_block=4, num_gpu_pages=16, num_host_pages=0, num_requests=2)
-    m = Manager(cfg, PRESETS["pr13805-reviewed"], device="cpu")
-    reqs = [GpuRequest(i, prompt_len=4, context_chunk_size=4) for i in range(2)]
-    for q in reqs:
-        m.prepare_context(q)
-    m.load_requests(reqs)
+    m = _prepared(2, 16)
     assert m.resize_context_rows([0, 1], torch.tensor([4, 4], dtype=torch.int64)).all()
     before = m.snapshot_state()
     for bad, what in ((torch.tensor([1.0, 2.0]), "must hold integers"),
