@@ -29,6 +29,25 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    """The manager's device: ``device``, or :func:`default_device` for None.
+
+    Raises:
+        InvalidArgument: a name torch does not know, or CUDA asked for where torch has none.
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgument(f"device={device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument(
+            f"device={device!r} but torch.cuda.is_available() is False: install a CUDA build "
+            "of torch (docs/gpu_impl.md) or use device='cpu'")
+    return dev
+
+
 class ManagerCore:
     """State of one torch KV-cache manager.
 
@@ -50,7 +69,7 @@ class ManagerCore:
             raise InvalidArgument(f"max_pages_per_request={width!r} must be >= 1")
         self.config = config
         self.policy = policy
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = _device(device)
         if self.device.type == "cuda" and self.device.index is None:
             # "cuda" names the current device; tensors report "cuda:N", and the row API's
             # argument check compares devices

@@ -346,3 +346,12 @@ def test_row_arguments_are_converted_or_refused() -> None:
         assert m.snapshot_state() == before
     with pytest.raises(InvalidArgument, match="rows must hold integers"):
         m.update_context_resources_rows(torch.tensor([0.0, 1.0]), [4, 4])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_cuda_without_cuda_and_unknown_devices_are_refused() -> None:
+    cfg = Config(tokens_per_block=4, num_gpu_pages=8, num_host_pages=0, num_requests=2)
+    with pytest.raises(InvalidArgument, match="is_available"):
+        Manager(cfg, PRESETS["pr13805-reviewed"], device="cuda")
+    with pytest.raises(InvalidArgument, match="not a torch device"):
+        Manager(cfg, PRESETS["pr13805-reviewed"], device="bogus")
