@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import broken  # tests/conformance/broken.py (rootdir-relative import, as tests/reference)
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
@@ -38,10 +39,16 @@ def test_reference_hypothesis_machine(policy: str) -> None:
     run_state_machine_as_test(machine, settings=_machine_settings(6))
 
 
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+GPU_FACTORIES = [impls.gpu, pytest.param(impls.gpu_cuda, marks=[pytest.mark.gpu, NO_CUDA])]
+
+
+@pytest.mark.parametrize("factory", GPU_FACTORIES, ids=["cpu", "cuda"])
 @pytest.mark.parametrize("policy", ["pr13805", "pr13805-reviewed", "stale-snapshot",
                                     "draft-before-resize", "pre-pr13104"])
-def test_gpu_walker(policy: str) -> None:
-    report = run_check(impls.gpu, policy, examples=4, seed=3, tiers=("walker",))
+def test_gpu_walker(policy: str, factory: object) -> None:
+    report = run_check(factory, policy, examples=4, seed=3,  # type: ignore[arg-type]
+                       tiers=("walker",))
     assert report.ok, report.render()
 
 

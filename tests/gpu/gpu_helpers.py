@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import torch
 
 from kvspec.config import Config
@@ -17,6 +18,10 @@ from kvspec.gpu_impl import GpuRequest, Manager, token_value
 from kvspec.policy import Policy
 
 DONE, CONTEXT, GENERATION = 0, 1, 2
+
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+#: parametrize a test over these: the CPU everywhere, CUDA (marked ``gpu``) where present
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, NO_CUDA])]
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from gpu_helpers import Impl, Lockstep, gpu_impl
+from gpu_helpers import DEVICES, NO_CUDA, Impl, Lockstep, gpu_impl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -28,15 +28,16 @@ def _run(cfg: Config, policy: Policy, impls: list[Impl], seed: int, steps: int,
     return run
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("policy_name", POLICIES)
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
-def test_batch_equals_sequential(policy_name: str, seed: int) -> None:
+def test_batch_equals_sequential(policy_name: str, device: str, seed: int) -> None:
     """Every batched op leaves exactly the state (page ids, free stack order, request fields)
     of the single ops applied in list order; the pool is small so allocations fail often."""
     policy = PRESETS[policy_name]
-    _run(SMALL, policy, [gpu_impl(SMALL, policy, True), gpu_impl(SMALL, policy, False)],
-         seed, 40, exact=True)
+    _run(SMALL, policy, [gpu_impl(SMALL, policy, True, device),
+                         gpu_impl(SMALL, policy, False, device)], seed, 40, exact=True)
 
 
 def _reference_impl(cfg: Config, policy: Policy) -> Impl:
@@ -47,15 +48,16 @@ def _reference_impl(cfg: Config, policy: Policy) -> Impl:
                 gen_state=req_mod.RequestState.GENERATION_IN_PROGRESS)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("policy_name", POLICIES)
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
-def test_differential_against_reference(policy_name: str, seed: int) -> None:
+def test_differential_against_reference(policy_name: str, device: str, seed: int) -> None:
     """The torch manager (batched) and the CPU reference agree after every step on results,
     raised error types and observations (page tables up to a renaming of page ids)."""
     policy = PRESETS[policy_name]
     ref = _reference_impl(SMALL, policy)
-    _run(SMALL, policy, [ref, gpu_impl(SMALL, policy, True)], seed, 40, exact=False)
+    _run(SMALL, policy, [ref, gpu_impl(SMALL, policy, True, device)], seed, 40, exact=False)
 
 
 class KVMachine(RuleBasedStateMachine):
@@ -63,12 +65,15 @@ class KVMachine(RuleBasedStateMachine):
     every rule each request's KV reads back exactly the values written (evict/resume
     included) and the two states are identical."""
 
+    device = "cpu"
+
     def __init__(self) -> None:
         super().__init__()
         policy = PRESETS["pr13805-reviewed"]
         cfg = SMALL.replace(num_gpu_pages=9, num_host_pages=6, max_util_for_resume=1)
-        self.run = Lockstep(cfg, policy, [gpu_impl(cfg, policy, True),
-                                          gpu_impl(cfg, policy, False)], exact=True)
+        self.run = Lockstep(cfg, policy, [gpu_impl(cfg, policy, True, self.device),
+                                          gpu_impl(cfg, policy, False, self.device)],
+                            exact=True)
 
     @rule(rng=st.randoms(use_true_random=False))
     def arrive(self, rng: random.Random) -> None:
@@ -91,6 +96,16 @@ class KVMachine(RuleBasedStateMachine):
         self.run.check()
 
 
+class CudaKVMachine(KVMachine):
+    """:class:`KVMachine` with both managers on CUDA (KV pools on the device, host tier
+    pinned)."""
+
+    device = "cuda"
+
+
 TestKVMachine = KVMachine.TestCase
 TestKVMachine.settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
                                   suppress_health_check=[HealthCheck.too_slow])
+TestCudaKVMachine = pytest.mark.gpu(NO_CUDA(CudaKVMachine.TestCase))
+TestCudaKVMachine.settings = settings(max_examples=10, stateful_step_count=30, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])

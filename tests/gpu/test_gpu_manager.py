@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpu_helpers import expected_kv
+from gpu_helpers import DEVICES, expected_kv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -176,10 +176,6 @@ def test_fit_equals_sequential_first_fit(need: list[int], free: int,
     pool = PagePool(free, 1, 1, torch.device("cpu"))
     got = pool.fit(torch.tensor(need, dtype=torch.int64), torch.tensor(eligible, dtype=torch.bool))
     assert got.tolist() == _sequential_fit(need, eligible, free)
-
-
-NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, NO_CUDA])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

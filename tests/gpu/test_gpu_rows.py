@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from gpu_helpers import gpu_impl
+from gpu_helpers import DEVICES, gpu_impl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -171,10 +171,6 @@ def test_rows_equal_object_and_sequential(policy_name: str, mode: tuple[str, boo
     for _ in range(60):
         trio.step(rng)
         trio.check_mirror()
-
-
-NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, NO_CUDA])]
 
 
 @pytest.mark.parametrize("device", DEVICES)
