@@ -3,13 +3,13 @@
 ``ci``: fixed seeds, no example database, modest example counts (loaded when CI is set; it
 replaces hypothesis's built-in ``ci`` profile). ``dev``: the default locally. ``thorough``:
 exploration, 10x the examples, longer runs, with the example database on. Choose with
-``KVSPEC_HYPOTHESIS_PROFILE=thorough pytest``.
+``KVSPEC_HYPOTHESIS_PROFILE=thorough pytest``. Tests that set their own example count use
+``budget.scaled(n)``, which multiplies it by 10 under ``thorough``.
 """
 
 from __future__ import annotations
 
-import os
-
+from budget import PROFILE  # tests/budget.py: per-test budgets follow the profile too
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -22,5 +22,4 @@ settings.register_profile(
     "thorough", deadline=None, max_examples=1_000, stateful_step_count=100,
     suppress_health_check=[HealthCheck.too_slow])
 
-settings.load_profile(os.environ.get("KVSPEC_HYPOTHESIS_PROFILE")
-                      or ("ci" if os.environ.get("CI") else "dev"))
+settings.load_profile(PROFILE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import broken  # tests/conformance/broken.py (rootdir-relative import, as tests/reference)
 import pytest
 import torch
+from budget import scaled
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
@@ -22,7 +23,7 @@ PRESET_NAMES = sorted(PRESETS)
 
 
 def _machine_settings(n: int) -> settings:
-    return settings(max_examples=n, stateful_step_count=30, deadline=None,
+    return settings(max_examples=scaled(n), stateful_step_count=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

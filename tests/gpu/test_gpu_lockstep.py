@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from budget import scaled
 from gpu_helpers import DEVICES, NO_CUDA, Impl, Lockstep, gpu_impl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,7 +31,7 @@ def _run(cfg: Config, policy: Policy, impls: list[Impl], seed: int, steps: int,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("policy_name", POLICIES)
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(8), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
 def test_batch_equals_sequential(policy_name: str, device: str, seed: int) -> None:
     """Every batched op leaves exactly the state (page ids, free stack order, request fields)
@@ -50,7 +51,7 @@ def _reference_impl(cfg: Config, policy: Policy) -> Impl:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("policy_name", POLICIES)
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
 def test_differential_against_reference(policy_name: str, device: str, seed: int) -> None:
     """The torch manager (batched) and the CPU reference agree after every step on results,
@@ -104,8 +105,9 @@ class CudaKVMachine(KVMachine):
 
 
 TestKVMachine = KVMachine.TestCase
-TestKVMachine.settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
+TestKVMachine.settings = settings(max_examples=scaled(25), stateful_step_count=30, deadline=None,
                                   suppress_health_check=[HealthCheck.too_slow])
 TestCudaKVMachine = pytest.mark.gpu(NO_CUDA(CudaKVMachine.TestCase))
-TestCudaKVMachine.settings = settings(max_examples=10, stateful_step_count=30, deadline=None,
+TestCudaKVMachine.settings = settings(max_examples=scaled(10), stateful_step_count=30,
+                                      deadline=None,
                                       suppress_health_check=[HealthCheck.too_slow])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from budget import scaled
 from gpu_helpers import DEVICES, expected_kv
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -167,7 +168,7 @@ def _sequential_fit(need: list[int], eligible: list[bool], free: int) -> list[bo
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(need=st.lists(st.integers(0, 6), max_size=30), free=st.integers(0, 20),
        data=st.data())
 def test_fit_equals_sequential_first_fit(need: list[int], free: int,

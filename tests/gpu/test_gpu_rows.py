@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from budget import scaled
 from gpu_helpers import DEVICES, gpu_impl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -162,7 +163,7 @@ class Trio:
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: f"{m[0]}-{'each' if m[1] else 'stacked'}")
 @pytest.mark.parametrize("policy_name", POLICIES)
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(8), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1))
 def test_rows_equal_object_and_sequential(policy_name: str, mode: tuple[str, bool],
                                           seed: int) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
+from budget import scaled
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -199,6 +200,6 @@ class ManagerMachine(RuleBasedStateMachine):
                     assert not self.mgr.is_on_host(rid)
 
 
-ManagerMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=40,
+ManagerMachine.TestCase.settings = settings(max_examples=scaled(250), stateful_step_count=40,
                                             deadline=None)
 TestManagerMachine = ManagerMachine.TestCase

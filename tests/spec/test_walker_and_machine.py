@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from budget import scaled
 from hypothesis import settings
 
 from kvspec.config import Config
@@ -51,7 +52,7 @@ def test_state_machine_holds_for_proved_properties(name: str) -> None:
     pol = get_policy(name)
     props = [p for p in PROPERTIES if not (name == "pr14849" and p.id == "NO-DEFERRED-HOLD")]
     machine = make_state_machine(Config(), pol, props)
-    run_state_machine_as_test(machine, settings=settings(max_examples=25))
+    run_state_machine_as_test(machine, settings=settings(max_examples=scaled(25)))
 
 
 @pytest.mark.parametrize("policy,invariant", [
@@ -60,7 +61,7 @@ def test_hypothesis_finds_refuted_cells_within_two_steps_of_bmc(policy: str,
                                                                 invariant: str) -> None:
     pol, prop = get_policy(policy), get_property(invariant)
     shortest = bmc(Config(), pol, [prop], max_depth=12)[invariant]
-    found = find_counterexample(shortest.config, pol, prop, max_examples=300)
+    found = find_counterexample(shortest.config, pol, prop, max_examples=scaled(300))
     assert found is not None
     shrunk = shrink_trace(found, invariant)
     assert len(shrunk) <= len(shortest) + 2
