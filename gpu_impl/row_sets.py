@@ -4,8 +4,8 @@ already validated, and how the call reads and writes per-row fields.
 A rows tensor is valid when every entry is a slot ``0..num_rows-1`` and no slot repeats. When
 it is also a run of consecutive slots in increasing order (``start, start + 1, ...``: the
 layout of a persistent batch that keeps its live requests in the first rows, as vLLM's
-``InputBatch`` does), the call reads and writes fields through slices (``narrow``: a view, and
-``copy_``) instead of ``index_select`` / ``scatter_``; the results are the same.
+``InputBatch`` does), the call reads and writes fields through slices (views, kept per
+manager, and ``copy_``) instead of ``index_select`` / ``scatter_``; the results are the same.
 """
 
 from __future__ import annotations
