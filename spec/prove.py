@@ -13,19 +13,36 @@ concrete model runs (:class:`kvspec.spec.z3ops.Z3Ops`).
 * REFUTED: the shortest counterexample by BMC over the concrete model (1, then 2 request slots,
   concrete tokens_per_block, symbolic pool sizes and parameters), decoded into a
   :class:`~kvspec.spec.trace.Trace` and confirmed by replaying it on the concrete model.
+* UNKNOWN: z3 answered ``unknown`` (a time limit, a resource limit, a theory it gave up on) on a
+  query a verdict needed, or no route decided the cell; the reason says which.
+* INTERRUPTED: the run was interrupted (SIGINT) before the cell was decided.
+
+Soundness rules. Every solver answer goes through :func:`ask` and is one of sat / unsat /
+unknown. A PROVED cell needs ``unsat`` on every query that justifies it, and it is PROVED only
+after its certificate (the inductive set Houdini kept, or k with that set) is re-verified from
+scratch in fresh solvers (:func:`recheck_certificate`, :func:`k_induction`) and, independently,
+bounded model checking with two request slots finds no counterexample up to a stated depth
+(``bmc2_depth``). Anything short of that is UNKNOWN, with the reason. SIGINT during
+:func:`prove_matrix` stops at the next solver query (z3 itself answers ``unknown``, "interrupted
+from keyboard", for a query that was running): cells decided so far keep their verdicts, the
+rest are INTERRUPTED and ``Matrix.interrupted`` is True.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import z3
 
 from kvspec.config import Config
-from kvspec.errors import InvalidArgument
+from kvspec.errors import InvalidArgument, KVSpecError
 from kvspec.policy import Policy
 
 from .actions import protocol_actions
@@ -41,6 +58,116 @@ from .z3ops import Z3Ops
 BMC_VALUE_BOUND = 12
 """BMC keeps pool sizes and action parameters <= this, so counterexamples stay readable."""
 
+DEFAULT_TIMEOUT = 60.0
+"""Seconds of z3 time per proof phase of a cell (``kvspec prove --timeout``)."""
+
+DEFAULT_BMC2_DEPTH = 4
+"""Depth of the two-request BMC cross-check every PROVED cell passes (``--bmc2-depth``)."""
+
+PROVED, REFUTED, UNKNOWN, INTERRUPTED = "PROVED", "REFUTED", "UNKNOWN", "INTERRUPTED"
+STATUSES = (PROVED, REFUTED, UNKNOWN, INTERRUPTED)
+
+
+# ---------------------------------------------------------------------------------------------
+# Solver answers
+
+
+SAT, UNSAT, UNKNOWN_ANSWER = "sat", "unsat", "unknown"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One solver answer: ``result`` is ``"sat"``, ``"unsat"`` or ``"unknown"``; ``reason`` is
+    z3's ``reason_unknown()`` (or ours, for a phase out of time) when unknown."""
+
+    result: str
+    reason: str = ""
+
+    @property
+    def unsat(self) -> bool:
+        return self.result == UNSAT
+
+    @property
+    def sat(self) -> bool:
+        return self.result == SAT
+
+    @property
+    def unknown(self) -> bool:
+        return self.result == UNKNOWN_ANSWER
+
+
+class ProofInterrupted(KeyboardInterrupt):
+    """SIGINT reached a proof (z3 answered "interrupted from keyboard", or the interrupt flag
+    of :func:`prove_matrix` was set). A KeyboardInterrupt, so callers outside
+    :func:`prove_matrix` see the interrupt they sent."""
+
+
+class SolverIncomplete(KVSpecError):
+    """A bounded search could not finish: z3 answered unknown before the depth asked for."""
+
+
+@dataclass
+class Guard:
+    """Per-run limits every query checks: a phase deadline and the interrupt flag.
+
+    ``timeout`` seconds (None: no limit) start afresh with each proof phase (:meth:`phase`).
+    """
+
+    timeout: float | None = None
+    interrupted: bool = False
+    deadline: float | None = None
+
+    def phase(self) -> Guard:
+        """Start a phase: the deadline is now + timeout. Returns self."""
+        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        return self
+
+
+def ask(solver: z3.Solver, *assumptions: Any, guard: Guard | None = None) -> Answer:
+    """Check ``solver`` (under ``assumptions``) within the guard's deadline.
+
+    Cost: one z3 check. Effect: sets the solver's ``timeout`` parameter to the time left.
+    Raises :class:`ProofInterrupted` when SIGINT arrived (before or during the check); a check
+    that runs out of time, or that z3 gives up on, is an ``unknown`` answer, never an error.
+    """
+    if guard is not None:
+        if guard.interrupted:
+            raise ProofInterrupted()
+        if guard.deadline is not None:
+            left = guard.deadline - time.monotonic()
+            if left <= 0:
+                return Answer(UNKNOWN_ANSWER, "timeout (the phase's time limit was reached)")
+            solver.set("timeout", max(1, int(left * 1000)))
+    r = solver.check(*assumptions)
+    if r == z3.sat:
+        return Answer(SAT)
+    if r == z3.unsat:
+        return Answer(UNSAT)
+    reason = solver.reason_unknown() or "z3 gave no reason"
+    if "interrupted" in reason or (guard is not None and guard.interrupted):
+        if guard is not None:
+            guard.interrupted = True
+        raise ProofInterrupted()
+    return Answer(UNKNOWN_ANSWER, reason)
+
+
+@contextmanager
+def _sigint_sets(guard: Guard) -> Iterator[None]:
+    """While active (main thread only), SIGINT sets ``guard.interrupted`` instead of raising
+    KeyboardInterrupt at an arbitrary point (z3 handles SIGINT itself during a check)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        guard.interrupted = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
 
 # ---------------------------------------------------------------------------------------------
 # Verdicts
@@ -48,44 +175,73 @@ BMC_VALUE_BOUND = 12
 
 @dataclass(frozen=True)
 class Verdict:
-    """The verdict of one cell. ``status`` is PROVED, REFUTED or UNKNOWN."""
+    """The verdict of one cell.
+
+    ``status``: PROVED, REFUTED, UNKNOWN or INTERRUPTED. ``route``: how it was decided
+    (``induction``, ``k-induction``, ``bmc(n=1)``, ``bmc(n=2)``, ``none``). ``certificate``:
+    for PROVED, the names of the inductive set (properties and lemmas) that was re-verified;
+    ``k`` the induction depth (1 plain induction). ``bmc_depth``: for PROVED, the depth to which
+    two-request BMC found no counterexample; for REFUTED, the counterexample's length; for
+    UNKNOWN, the depth one-request BMC covered. ``reason``: why a cell is UNKNOWN (z3's
+    ``reason_unknown()`` among it) or how a PROVED cell was cross-checked.
+    """
 
     policy: str
     invariant: str
     status: str
-    method: str
+    route: str
     seconds: float
     k: int = 0
     trace: Trace | None = None
     reason: str = ""
+    certificate: tuple[str, ...] = ()
+    bmc_depth: int = 0
 
     @property
     def length(self) -> int | None:
         """Steps in the counterexample, None when there is none."""
         return None if self.trace is None else len(self.trace)
 
+    @property
+    def method(self) -> str:
+        """Alias of :attr:`route` (the name used before routes were reported)."""
+        return self.route
+
     def to_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "invariant": self.invariant, "status": self.status,
-                "method": self.method, "k": self.k, "seconds": round(self.seconds, 4),
-                "length": self.length, "reason": self.reason,
+                "route": self.route, "k": self.k, "seconds": round(self.seconds, 4),
+                "certificate": {"size": len(self.certificate), "members": list(self.certificate)},
+                "bmc_depth": self.bmc_depth, "length": self.length, "reason": self.reason,
                 "path": None if self.trace is None else self.trace.path()}
 
 
 @dataclass
 class Matrix:
-    """Verdicts for policies x properties, in the order asked."""
+    """Verdicts for policies x properties, in the order asked.
+
+    ``interrupted``: SIGINT stopped the run; undecided cells are INTERRUPTED. ``settings``:
+    the limits the run used (timeout, depths).
+    """
 
     policies: list[str]
     properties: list[str]
     cells: dict[tuple[str, str], Verdict] = field(default_factory=dict)
     seconds: float = 0.0
+    interrupted: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def get(self, policy: str, prop: str) -> Verdict:
         return self.cells[(policy, prop)]
 
+    def count(self, status: str) -> int:
+        """Cells with this status."""
+        return sum(v.status == status for v in self.cells.values())
+
     def to_json(self) -> dict[str, Any]:
         return {"policies": self.policies, "invariants": self.properties,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
+                "settings": dict(self.settings),
+                "counts": {s.lower(): self.count(s) for s in STATUSES},
                 "cells": [self.cells[(p, q)].to_json() for p in self.policies
                           for q in self.properties]}
 
@@ -167,30 +323,63 @@ def _ctx(config: Config, policy: Policy, blocks_b: int | None, abstract: bool) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Induction (Houdini) and k-induction
+# Induction (Houdini), its re-check, and k-induction
+
+
+Check = Callable[[Ctx, State], Any]
+
+
+def _candidates(properties: Sequence[Property]) -> list[tuple[str, Check]]:
+    """(name, predicate) of every property asked for, then every lemma."""
+    return [(p.id, p.check) for p in properties] + [(n, f) for n, f in LEMMAS]
+
+
+def _by_name(names: Sequence[str]) -> list[Check]:
+    table = dict(_candidates(PROPERTIES))
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise InvalidArgument(f"certificate names unknown properties or lemmas {unknown}; "
+                              f"known: {', '.join(table)}")
+    return [table[n] for n in names]
 
 
 @dataclass(frozen=True)
 class InductionResult:
-    """The inductive subset found by Houdini: kept property ids and lemma names."""
+    """The inductive subset found by Houdini: kept property ids and lemma names.
+
+    ``complete`` is False when z3 answered unknown on a consecution query: then nothing is
+    kept (an unverified set is no certificate) and ``reason`` says why.
+    """
 
     properties: tuple[str, ...]
     lemmas: tuple[str, ...]
     seconds: float
+    complete: bool = True
+    reason: str = ""
+
+    @property
+    def certificate(self) -> tuple[str, ...]:
+        """The inductive set: kept properties, then kept lemmas."""
+        return self.properties + self.lemmas
 
 
-def houdini(config: Config, policy: Policy,
-            properties: Sequence[Property] = PROPERTIES) -> InductionResult:
+def houdini(config: Config, policy: Policy, properties: Sequence[Property] = PROPERTIES, *,
+            guard: Guard | None = None) -> InductionResult:
     """The largest inductive subset of ``properties`` + lemmas (one tracked request, abstract
-    rest, any tokens_per_block). Cost: a handful of z3 queries over one transition."""
+    rest, any tokens_per_block). Cost: a handful of z3 queries over one transition.
+
+    A candidate is kept only on ``unsat`` answers: one that z3 cannot settle at initiation is
+    dropped (dropping keeps the result sound), and an ``unknown`` consecution query ends the
+    search with an empty, incomplete result.
+    """
     t0 = time.perf_counter()
     c = _ctx(config, policy, None, abstract=True)
     s0, s1 = sym_state("h0", 1), sym_state("h1", 1)
     trans, _ = transition_relation(c, protocol_actions(True), s0, s1, "h")
-    names = [p.id for p in properties] + [n for n, _ in LEMMAS]
-    fns = [p.check for p in properties] + [f for _, f in LEMMAS]
-    at0 = [fn(c, s0) for fn in fns]
-    at1 = [fn(c, s1) for fn in fns]
+    named = _candidates(properties)
+    names = [n for n, _ in named]
+    at0 = [fn(c, s0) for _, fn in named]
+    at1 = [fn(c, s1) for _, fn in named]
     init = initial_constraint(c, s0)
     assert isinstance(c.o, Z3Ops)
     axioms = c.o.block_axioms()
@@ -198,8 +387,8 @@ def houdini(config: Config, policy: Policy,
     # initiation
     si = z3.Solver()
     si.add(*axioms, init)
-    for i in list(active):
-        if si.check(z3.Not(at0[i])) == z3.sat:
+    for i in sorted(active):
+        if not ask(si, z3.Not(at0[i]), guard=guard).unsat:
             active.discard(i)
     # consecution
     sc = z3.Solver()
@@ -208,9 +397,15 @@ def houdini(config: Config, policy: Policy,
         sc.push()
         sc.add(*[at0[i] for i in active])
         sc.add(z3.Not(z3.And(*[at1[i] for i in active])))
-        if sc.check() != z3.sat:
+        a = ask(sc, guard=guard)
+        if a.unsat:
             sc.pop()
             break
+        if a.unknown:
+            sc.pop()
+            return InductionResult((), (), time.perf_counter() - t0, complete=False,
+                                   reason=f"induction: z3 answered unknown on consecution "
+                                          f"({a.reason})")
         m = sc.model()
         dropped = {i for i in active if z3.is_false(m.eval(at1[i], model_completion=True))}
         sc.pop()
@@ -223,14 +418,43 @@ def houdini(config: Config, policy: Policy,
                            time.perf_counter() - t0)
 
 
+def recheck_certificate(config: Config, policy: Policy, certificate: Sequence[str], *,
+                        guard: Guard | None = None) -> Answer:
+    """Re-verify an inductive set from scratch: fresh symbolic states, a freshly generated
+    transition relation and two fresh solvers, one for initiation (init and not cert) and one
+    for consecution (cert, a transition, and not cert after). ``unsat`` when both are unsat;
+    ``sat`` (reason names the failing half) or ``unknown`` otherwise. Cost: two z3 queries."""
+    fns = _by_name(certificate)
+    c = _ctx(config, policy, None, abstract=True)
+    s0, s1 = sym_state("c0", 1), sym_state("c1", 1)
+    trans, _ = transition_relation(c, protocol_actions(True), s0, s1, "c")
+    cert0 = z3.And(*[fn(c, s0) for fn in fns])
+    cert1 = z3.And(*[fn(c, s1) for fn in fns])
+    init = initial_constraint(c, s0)
+    assert isinstance(c.o, Z3Ops)
+    axioms = c.o.block_axioms()
+    halves = (("initiation", [init, z3.Not(cert0)]),
+              ("consecution", [trans, cert0, z3.Not(cert1)]))
+    for half, goal in halves:
+        sol = z3.Solver()
+        sol.add(*axioms, *goal)
+        a = ask(sol, guard=guard)
+        if a.sat:
+            return Answer(SAT, f"{half} fails: the certificate is not inductive")
+        if a.unknown:
+            return Answer(UNKNOWN_ANSWER, f"{half}: z3 answered unknown ({a.reason})")
+    return Answer(UNSAT)
+
+
 def k_induction(config: Config, policy: Policy, prop: Property, kept: InductionResult,
-                k: int) -> bool:
-    """Whether ``prop`` is k-inductive relative to Houdini's kept invariants (the base case is
-    covered by BMC to at least depth k)."""
+                k: int, *, guard: Guard | None = None) -> Answer:
+    """Whether ``prop`` is k-inductive relative to Houdini's kept invariants: ``unsat`` means
+    it is (the base case must be covered by BMC to at least depth k). ``kept`` must be a
+    verified inductive set (complete), else it is not assumed. Cost: one z3 query over k
+    transitions."""
     c = _ctx(config, policy, None, abstract=True)
     frames = [sym_state(f"k{i}", 1) for i in range(k + 1)]
-    kept_fns = [p.check for p in PROPERTIES if p.id in kept.properties] + [
-        f for n, f in LEMMAS if n in kept.lemmas]
+    kept_fns = _by_name(kept.certificate) if kept.complete else []
     sol = z3.Solver()
     parts = []
     for i in range(k):
@@ -241,20 +465,36 @@ def k_induction(config: Config, policy: Policy, prop: Property, kept: InductionR
     goal = z3.Not(prop.check(c, frames[k]))
     assert isinstance(c.o, Z3Ops)
     sol.add(*c.o.block_axioms(), *parts, goal)
-    return bool(sol.check() == z3.unsat)
+    return ask(sol, guard=guard)
 
 
 # ---------------------------------------------------------------------------------------------
 # Bounded model checking
 
 
-def bmc(config: Config, policy: Policy, targets: Sequence[Property], max_depth: int,
-        num_requests: int = 1) -> dict[str, Trace]:
+@dataclass
+class BmcResult:
+    """What a BMC run established per target property.
+
+    ``found``: the shortest counterexample. ``depth``: the deepest depth at which z3 answered
+    unsat (no counterexample of that length or shorter); for a found property, its length - 1.
+    ``reasons``: targets whose search stopped on an ``unknown`` answer, with z3's reason.
+    """
+
+    found: dict[str, Trace] = field(default_factory=dict)
+    depth: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+def bmc_search(config: Config, policy: Policy, targets: Sequence[Property], max_depth: int,
+               num_requests: int = 1, *, guard: Guard | None = None) -> BmcResult:
     """Shortest counterexamples (depth <= ``max_depth``) for each target property.
 
     Runs the concrete model's semantics symbolically: concrete tokens_per_block, pool sizes and
-    parameters symbolic in [0, BMC_VALUE_BOUND]. Each trace is decoded and confirmed by a
-    concrete replay before it is returned.
+    parameters symbolic in [0, BMC_VALUE_BOUND]. At each depth one query asks whether any
+    pending target can fail; only when it can are the targets asked one by one. Each trace is
+    decoded and confirmed by a concrete replay before it is returned. A target whose query
+    answers unknown leaves the search with its reason (its depth stays the last unsat one).
     """
     c = _ctx(config, policy, config.tokens_per_block, abstract=False)
     acts = protocol_actions(False)
@@ -264,22 +504,49 @@ def bmc(config: Config, policy: Policy, targets: Sequence[Property], max_depth: 
     sol.add(initial_constraint(c, s0), s0.num_gpu_pages <= BMC_VALUE_BOUND,
             s0.num_host_pages <= BMC_VALUE_BOUND, s0.max_rewind_len <= BMC_VALUE_BOUND)
     step_vars: list[StepVars] = []
-    found: dict[str, Trace] = {}
+    out = BmcResult()
     pending = list(targets)
-    for depth in range(1, max_depth + 1):
-        nxt = sym_state(f"b{depth}", num_requests)
-        tr, sv = transition_relation(c, acts, frames[-1], nxt, f"t{depth}", BMC_VALUE_BOUND)
-        sol.add(tr)
-        frames.append(nxt)
-        step_vars.append(sv)
+    for depth in range(0, max_depth + 1):
+        if depth > 0:
+            nxt = sym_state(f"b{depth}", num_requests)
+            tr, sv = transition_relation(c, acts, frames[-1], nxt, f"t{depth}", BMC_VALUE_BOUND)
+            sol.add(tr)
+            frames.append(nxt)
+            step_vars.append(sv)
+        now = frames[-1]
+        if ask(sol, z3.Not(z3.And(*[p.check(c, now) for p in pending])), guard=guard).unsat:
+            out.depth.update({p.id: depth for p in pending})
+            continue
         for prop in list(pending):
-            if sol.check(z3.Not(prop.check(c, nxt))) == z3.sat:
-                trace = _decode(sol.model(), config, policy, frames, step_vars, acts, prop)
-                found[prop.id] = trace
-                pending.remove(prop)
+            a = ask(sol, z3.Not(prop.check(c, now)), guard=guard)
+            if a.unsat:
+                out.depth[prop.id] = depth
+                continue
+            pending.remove(prop)
+            if a.sat:
+                out.found[prop.id] = _decode(sol.model(), config, policy, frames, step_vars,
+                                             acts, prop)
+            else:
+                out.reasons[prop.id] = (f"z3 answered unknown at depth {depth} with "
+                                        f"{num_requests} request slot(s) ({a.reason})")
         if not pending:
             break
-    return found
+    return out
+
+
+def bmc(config: Config, policy: Policy, targets: Sequence[Property], max_depth: int,
+        num_requests: int = 1, *, guard: Guard | None = None) -> dict[str, Trace]:
+    """The counterexamples of :func:`bmc_search`, for callers that need a complete search.
+
+    Raises:
+        SolverIncomplete: z3 answered unknown for some target before ``max_depth``.
+    """
+    res = bmc_search(config, policy, targets, max_depth, num_requests, guard=guard)
+    if res.reasons:
+        raise SolverIncomplete(
+            "bounded model checking incomplete: " + "; ".join(
+                f"{k}: {v}" for k, v in res.reasons.items()) + "; raise the time limit")
+    return res.found
 
 
 def _decode(m: z3.ModelRef, config: Config, policy: Policy, frames: list[State],
@@ -314,53 +581,179 @@ def _decode(m: z3.ModelRef, config: Config, policy: Policy, frames: list[State],
 # The matrix
 
 
-def prove_policy(config: Config, policy: Policy, properties: Sequence[Property] = PROPERTIES,
-                 max_depth: int = 14) -> list[Verdict]:
-    """Verdicts for one policy: Houdini, then BMC for what it dropped, then k-induction."""
-    ind = houdini(config, policy, PROPERTIES)
+@dataclass
+class _Candidate:
+    """A cell one route proved, waiting for its cross-checks."""
+
+    prop: Property
+    route: str
+    k: int
+    seconds: float
+
+
+def _decide_policy(config: Config, policy: Policy, properties: Sequence[Property],
+                   max_depth: int, bmc2_depth: int, guard: Guard,
+                   emit: Callable[[Verdict], None]) -> None:
+    """Decide every cell of one policy, calling ``emit`` as each becomes final (REFUTED at
+    once; PROVED only after its cross-checks). Raises ProofInterrupted on SIGINT."""
+    name = policy.name
+    ind = houdini(config, policy, PROPERTIES, guard=guard.phase())
     per_cell = ind.seconds / max(1, len(PROPERTIES))
-    verdicts: dict[str, Verdict] = {}
-    todo = []
+    candidates: list[_Candidate] = []
+    todo: list[Property] = []
     for p in properties:
         if p.id in ind.properties:
-            verdicts[p.id] = Verdict(policy.name, p.id, "PROVED", "induction", per_cell, k=1)
+            candidates.append(_Candidate(p, "induction", 1, per_cell))
         else:
             todo.append(p)
+    notes: dict[str, list[str]] = {p.id: [] if ind.complete else [ind.reason] for p in todo}
+    bmc1_depth: dict[str, int] = {}
     for n, depth in ((1, max_depth), (2, min(max_depth, 10))):
         if not todo:
             break
         t0 = time.perf_counter()
-        found = bmc(config, policy, todo, depth, num_requests=n)
+        res = bmc_search(config, policy, todo, depth, num_requests=n, guard=guard.phase())
         spent = time.perf_counter() - t0
         for p in list(todo):
-            if p.id in found:
-                verdicts[p.id] = Verdict(policy.name, p.id, "REFUTED", f"bmc(n={n})",
-                                         spent / max(1, len(found)), trace=found[p.id])
+            if p.id in res.found:
+                tr = res.found[p.id]
+                emit(Verdict(name, p.id, REFUTED, f"bmc(n={n})", spent / len(res.found),
+                             trace=tr, bmc_depth=len(tr)))
                 todo.remove(p)
+                continue
+            if n == 1:
+                bmc1_depth[p.id] = res.depth.get(p.id, -1)
+            if p.id in res.reasons:
+                notes[p.id].append(f"bmc(n={n}): {res.reasons[p.id]}")
     for p in todo:
         t0 = time.perf_counter()
-        proved_k = next((k for k in (2, 3) if k_induction(config, policy, p, ind, k)), 0)
+        guard.phase()
+        proved_k = 0
+        for k in (2, 3):
+            if bmc1_depth.get(p.id, -1) < k:
+                notes[p.id].append(f"{k}-induction: its base case (BMC to depth {k}) is not "
+                                   "covered")
+                break
+            a = k_induction(config, policy, p, ind, k, guard=guard)
+            if a.unsat:
+                proved_k = k
+                break
+            if a.unknown:
+                notes[p.id].append(f"{k}-induction: z3 answered unknown ({a.reason})")
         spent = time.perf_counter() - t0
         if proved_k:
-            verdicts[p.id] = Verdict(policy.name, p.id, "PROVED", "k-induction", spent,
-                                     k=proved_k)
+            candidates.append(_Candidate(p, "k-induction", proved_k, spent))
+            continue
+        covered = bmc1_depth.get(p.id, -1)
+        why = [f"not inductive with the lemmas, not 3-inductive, no counterexample up to "
+               f"depth {covered}"] + notes[p.id]
+        emit(Verdict(name, p.id, UNKNOWN, "none", spent, bmc_depth=max(covered, 0),
+                     reason="; ".join(why)))
+    if candidates:
+        _cross_check(config, policy, ind, candidates, bmc2_depth, guard, emit)
+
+
+def _cross_check(config: Config, policy: Policy, ind: InductionResult,
+                 candidates: Sequence[_Candidate], bmc2_depth: int, guard: Guard,
+                 emit: Callable[[Verdict], None]) -> None:
+    """The second route every PROVED verdict passes: the certificate re-verified in fresh
+    solvers, then two-request BMC to ``bmc2_depth`` finding nothing."""
+    t0 = time.perf_counter()
+    recheck = recheck_certificate(config, policy, ind.certificate, guard=guard.phase())
+    b2 = bmc_search(config, policy, [c.prop for c in candidates], bmc2_depth, num_requests=2,
+                    guard=guard.phase())
+    share = (time.perf_counter() - t0) / len(candidates)
+    for cand in candidates:
+        pid, route, secs = cand.prop.id, cand.route, cand.seconds + share
+        # k-induction's certificate: k, the property and the (re-checked) set it assumed
+        cert = ind.certificate if pid in ind.certificate else (pid,) + ind.certificate
+        if not recheck.unsat:
+            emit(Verdict(policy.name, pid, UNKNOWN, route, secs, k=cand.k, certificate=cert,
+                         bmc_depth=b2.depth.get(pid, 0),
+                         reason=f"{route} found a certificate, but its re-check from scratch "
+                                f"gave {recheck.result}: {recheck.reason}"))
+        elif pid in b2.found:
+            tr = b2.found[pid]
+            emit(Verdict(policy.name, pid, REFUTED, "bmc(n=2)", secs, trace=tr,
+                         bmc_depth=len(tr),
+                         reason=f"{route} proved it for one tracked request, but two-request "
+                                "BMC refutes it: the one-request abstraction does not cover "
+                                "this case (a kvspec bug: please report it)"))
+        elif pid in b2.reasons:
+            emit(Verdict(policy.name, pid, UNKNOWN, route, secs, k=cand.k, certificate=cert,
+                         bmc_depth=b2.depth.get(pid, 0),
+                         reason=f"{route} proved it and its certificate re-checked, but the "
+                                f"two-request BMC cross-check stopped: {b2.reasons[pid]}"))
         else:
-            verdicts[p.id] = Verdict(
-                policy.name, p.id, "UNKNOWN", "none", spent,
-                reason=f"not inductive with the lemmas, not 3-inductive, no counterexample "
-                       f"up to depth {max_depth}")
-    return [verdicts[p.id] for p in properties]
+            emit(Verdict(policy.name, pid, PROVED, route, secs, k=cand.k, certificate=cert,
+                         bmc_depth=bmc2_depth,
+                         reason=f"certificate of {len(cert)} re-verified (initiation and "
+                                f"consecution unsat); two-request BMC clean to depth "
+                                f"{bmc2_depth}"))
+
+
+def prove_policy(config: Config, policy: Policy, properties: Sequence[Property] = PROPERTIES,
+                 max_depth: int = 14, *, timeout: float | None = DEFAULT_TIMEOUT,
+                 bmc2_depth: int = DEFAULT_BMC2_DEPTH) -> list[Verdict]:
+    """Verdicts for one policy: Houdini, BMC for what it dropped, k-induction, cross-checks.
+
+    Raises:
+        ProofInterrupted: SIGINT arrived (use :func:`prove_matrix` for partial results).
+    """
+    got: dict[str, Verdict] = {}
+    _decide_policy(config, policy, properties, max_depth, bmc2_depth, Guard(timeout),
+                   lambda v: got.__setitem__(v.invariant, v))
+    return [got[p.id] for p in properties]
 
 
 def prove_matrix(config: Config, policies: Sequence[Policy],
-                 properties: Sequence[Property] = PROPERTIES, max_depth: int = 14) -> Matrix:
-    """Every (policy, property) verdict; see :func:`prove_policy`."""
+                 properties: Sequence[Property] = PROPERTIES, max_depth: int = 14, *,
+                 timeout: float | None = DEFAULT_TIMEOUT,
+                 bmc2_depth: int = DEFAULT_BMC2_DEPTH,
+                 on_cell: Callable[[Verdict], None] | None = None) -> Matrix:
+    """Every (policy, property) verdict; see the module docstring for the routes and rules.
+
+    Args:
+        timeout: seconds of z3 time per proof phase of a cell (Houdini, each BMC pass, the
+            k-induction queries, each cross-check); a phase that runs out leaves its cells
+            UNKNOWN. None: no limit.
+        bmc2_depth: depth of the two-request BMC every PROVED cell must pass.
+        on_cell: called with each verdict as it becomes final (progress reporting).
+
+    Returns a :class:`Matrix`; on SIGINT (main thread) it returns early with
+    ``interrupted=True``, the decided cells kept and the rest INTERRUPTED.
+
+    Raises:
+        InvalidArgument: no policy, a non-positive timeout or depth.
+    """
     if not policies:
-        raise InvalidArgument("prove_matrix needs at least one policy")
+        raise InvalidArgument("prove: needs at least one policy")
+    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        raise InvalidArgument(f"prove: timeout={timeout!r} must be a number of seconds > 0")
+    for label, v in (("max_depth", max_depth), ("bmc2_depth", bmc2_depth)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidArgument(f"prove: {label}={v!r} must be an integer >= 1")
     t0 = time.perf_counter()
-    mat = Matrix([p.name for p in policies], [p.id for p in properties])
-    for pol in policies:
-        for v in prove_policy(config, pol, properties, max_depth):
-            mat.cells[(pol.name, v.invariant)] = v
+    mat = Matrix([p.name for p in policies], [p.id for p in properties],
+                 settings={"timeout": timeout, "max_depth": max_depth, "bmc2_depth": bmc2_depth,
+                           "bmc_value_bound": BMC_VALUE_BOUND})
+    guard = Guard(timeout)
+
+    def emit(v: Verdict) -> None:
+        mat.cells[(v.policy, v.invariant)] = v
+        if on_cell is not None:
+            on_cell(v)
+
+    with _sigint_sets(guard):
+        try:
+            for pol in policies:
+                _decide_policy(config, pol, properties, max_depth, bmc2_depth, guard, emit)
+        except ProofInterrupted:
+            mat.interrupted = True
+    for pname in mat.policies:
+        for prop in mat.properties:
+            if (pname, prop) not in mat.cells:
+                mat.cells[(pname, prop)] = Verdict(pname, prop, INTERRUPTED, "none", 0.0,
+                                                   reason="interrupted before it was decided")
     mat.seconds = time.perf_counter() - t0
     return mat

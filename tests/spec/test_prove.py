@@ -7,7 +7,14 @@ import pytest
 from kvspec.config import Config
 from kvspec.policy import PRESETS, get_policy
 from kvspec.spec.invariants import PROPERTIES, PROPERTY_IDS, get_property
-from kvspec.spec.prove import Matrix, bmc, houdini, k_induction, prove_matrix
+from kvspec.spec.prove import (
+    DEFAULT_BMC2_DEPTH,
+    Matrix,
+    bmc,
+    houdini,
+    k_induction,
+    prove_matrix,
+)
 from kvspec.spec.trace import Trace, replay
 
 
@@ -23,6 +30,7 @@ def status(m: Matrix, pol: str, inv: str) -> str:
 def test_every_cell_is_decided(matrix: Matrix) -> None:
     assert len(matrix.cells) == len(PRESETS) * len(PROPERTIES)
     assert {v.status for v in matrix.cells.values()} <= {"PROVED", "REFUTED"}
+    assert not matrix.interrupted
 
 
 def test_pr13805_with_swa_scratch_reuse_breaks_swa_rewind(matrix: Matrix) -> None:
@@ -78,7 +86,7 @@ def test_houdini_drops_exactly_the_refuted_properties_under_the_reviewed_policy(
 def test_k_induction_does_not_prove_a_false_property() -> None:
     pol = get_policy("pr14849")
     ind = houdini(Config(), pol)
-    assert not k_induction(Config(), pol, get_property("NO-DEFERRED-HOLD"), ind, 2)
+    assert k_induction(Config(), pol, get_property("NO-DEFERRED-HOLD"), ind, 2).sat
 
 
 @pytest.mark.parametrize("fix", ["clear_snapshot_on_failure",
@@ -97,7 +105,15 @@ def test_bmc_counterexample_arguments_are_minimal(matrix: Matrix) -> None:
     assert arrive.args == {"prompt_len": 1, "chunk_size": 1, "draft_len": 0}
 
 
-def test_proved_cells_have_no_bounded_counterexample() -> None:
-    """A second route for PROVED verdicts: BMC (concrete B, 2 request slots) finds nothing."""
-    pol = get_policy("pr13805-reviewed")
-    assert bmc(Config(), pol, list(PROPERTIES), max_depth=7, num_requests=2) == {}
+def test_proved_cells_carry_a_rechecked_certificate_and_a_two_request_bmc(
+        matrix: Matrix) -> None:
+    """A second route for PROVED verdicts: the certificate re-verified, 2-slot BMC clean."""
+    for v in matrix.cells.values():
+        if v.status != "PROVED":
+            continue
+        assert v.invariant in v.certificate, (v.policy, v.invariant)
+        assert v.bmc_depth == DEFAULT_BMC2_DEPTH
+        assert v.route in ("induction", "k-induction")
+        cell = v.to_json()
+        assert cell["certificate"]["size"] == len(v.certificate) > 1
+        assert cell["route"] == v.route and cell["bmc_depth"] == DEFAULT_BMC2_DEPTH
