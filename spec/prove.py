@@ -23,13 +23,14 @@ after its certificate (the inductive set Houdini kept, or k with that set) is re
 scratch in fresh solvers (:func:`recheck_certificate`, :func:`k_induction`) and, independently,
 bounded model checking with two request slots finds no counterexample up to a stated depth
 (``bmc2_depth``). Anything short of that is UNKNOWN, with the reason. SIGINT during
-:func:`prove_matrix` stops at the next solver query (z3 itself answers ``unknown``, "interrupted
-from keyboard", for a query that was running): cells decided so far keep their verdicts, the
-rest are INTERRUPTED and ``Matrix.interrupted`` is True.
+:func:`prove_matrix` cancels the running solver query (z3 answers ``unknown``, "interrupted",
+which is never taken for an answer) or stops at the next one: cells decided so far keep their
+verdicts, the rest are INTERRUPTED and ``Matrix.interrupted`` is True.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -97,7 +98,7 @@ class Answer:
 
 
 class ProofInterrupted(KeyboardInterrupt):
-    """SIGINT reached a proof (z3 answered "interrupted from keyboard", or the interrupt flag
+    """SIGINT reached a proof (z3 answered "interrupted", or the interrupt flag
     of :func:`prove_matrix` was set). A KeyboardInterrupt, so callers outside
     :func:`prove_matrix` see the interrupt they sent."""
 
@@ -153,20 +154,52 @@ def ask(solver: z3.Solver, *assumptions: Any, guard: Guard | None = None) -> Ans
 
 @contextmanager
 def _sigint_sets(guard: Guard) -> Iterator[None]:
-    """While active (main thread only), SIGINT sets ``guard.interrupted`` instead of raising
-    KeyboardInterrupt at an arbitrary point (z3 handles SIGINT itself during a check)."""
-    if threading.current_thread() is not threading.main_thread():
+    """While active (main thread only), SIGINT sets ``guard.interrupted`` and cancels the
+    running z3 query, instead of raising KeyboardInterrupt at an arbitrary point.
+
+    z3's own Ctrl-C handling is switched off (``ctrl_c=false``: it can swallow a SIGINT that
+    arrives as a query finishes). The signal reaches a watcher thread at once through
+    ``signal.set_wakeup_fd``; the thread sets the flag and calls z3's thread-safe
+    ``interrupt()``, so the query answers unknown and :func:`ask` raises ProofInterrupted.
+    A SIGINT the caller chose to ignore stays ignored. Everything is restored on exit.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield
         return
+    ctx = z3.main_ctx()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    done = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         guard.interrupted = True
 
+    def watch() -> None:
+        while True:
+            data = os.read(read_fd, 64)
+            if done.is_set() or not data:
+                return
+            if signal.SIGINT in data:
+                guard.interrupted = True
+                ctx.interrupt()
+
+    watcher = threading.Thread(target=watch, name="kvspec-sigint", daemon=True)
+    watcher.start()
     previous = signal.signal(signal.SIGINT, handler)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    z3.set_param("ctrl_c", False)
     try:
         yield
     finally:
+        z3.set_param("ctrl_c", True)
+        signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGINT, previous)
+        done.set()
+        os.write(write_fd, b"\0")
+        watcher.join()
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 # ---------------------------------------------------------------------------------------------
