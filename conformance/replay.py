@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvspec.spec.trace import Trace
+from kvspec.errors import InvalidArgument
+from kvspec.spec.trace import Trace, config_summary, policy_summary
 
 from .adapter import Factory, resolve_factory
 from .lockstep import Lockstep, StepRejected
@@ -19,7 +20,8 @@ class ImplReplay:
     ``model_violations[i]`` / ``impl_violations[i]``: ids newly violated at step i + 1 by the
     model (its ghost flags) and shown by the implementation (raised or detected).
     ``same_violation``: the implementation shows every violation at the step the model does
-    and the run never diverged.
+    and the run never diverged. ``impl_name``: the implementation, as given or its factory's
+    qualified name.
     """
 
     trace: Trace
@@ -27,6 +29,7 @@ class ImplReplay:
     model_violations: list[frozenset[str]]
     impl_violations: list[frozenset[str]]
     divergence: Divergence | None
+    impl_name: str = ""
 
     @property
     def first_violation_step(self) -> int | None:
@@ -41,26 +44,51 @@ class ImplReplay:
         return (self.divergence is None and self.steps_run == len(self.trace)
                 and self.model_violations == self.impl_violations)
 
-    def render(self) -> str:
-        """One summary line, then the divergence report if any."""
+    def render(self, *, context: bool = True) -> str:
+        """The report: with ``context``, a line naming the implementation, the trace source,
+        the policy and the full config; then one summary line (what the model violates and at
+        which step, whether the implementation agrees, how many steps ran), then the
+        divergence report if any. ``context=False`` leaves the first line out (for a caller
+        that already printed the trace's policy and config)."""
+        t = self.trace
         hits = [f"{', '.join(sorted(v))} at step {i}"
                 for i, v in enumerate(self.model_violations, start=1) if v]
         what = "model violates " + "; ".join(hits) if hits else "model violates nothing"
-        verdict = ("implementation shows the same violation(s) at the same step(s)"
-                   if self.same_violation else "implementation does NOT agree")
-        out = f"replay of {len(self.trace)} steps ({self.trace.source}): {what}; {verdict}"
+        if self.same_violation:
+            verdict = ("implementation shows the same violation(s) at the same step(s)" if hits
+                       else "implementation agrees at every step")
+        elif self.divergence is not None:
+            verdict = (f"implementation does NOT agree: it diverged at step {self.steps_run} of "
+                       f"{len(t)}")
+        else:
+            shown = [f"{', '.join(sorted(v))} at step {i}"
+                     for i, v in enumerate(self.impl_violations, start=1) if v]
+            verdict = ("implementation does NOT agree: it shows "
+                       + ("; ".join(shown) if shown else "no violation"))
+        name = self.impl_name or "implementation"
+        lines = []
+        if context:
+            source = t.source if t.source.isprintable() else repr(t.source)
+            lines.append(f"Implementation {name} on trace {source or '(no source)'}: policy "
+                         f"{policy_summary(t.policy)}; config {config_summary(t.config)}")
+        lines.append(f"Implementation {name}: replay of {len(t)} steps: {what}; {verdict}")
         if self.divergence is not None:
-            out += "\n" + self.divergence.render()
-        return out
+            lines.append(self.divergence.render())
+        return "\n".join(lines)
 
 
 def replay_on_impl(trace: Trace, factory: str | Factory, *, impl_name: str = "") -> ImplReplay:
     """Run ``trace`` through the driver on a fresh manager, in lockstep with the model.
 
     Cost: one lockstep step per trace step. Raises :class:`StepRejected` (an
-    InvalidArgument) when the trace does not replay on the model itself, and
-    InvalidArgument for a bad factory.
+    InvalidArgument) when the trace does not replay on the model itself (check it first with
+    :func:`kvspec.spec.trace.verify_trace`), and InvalidArgument for a bad factory or a trace
+    of the proofs' abstraction (``abstract_rest``), which replays on the model only.
     """
+    if trace.abstract_rest:
+        raise InvalidArgument(
+            "this trace uses the proofs' one-request-versus-the-rest abstraction "
+            "(abstract_rest: true); it replays on the model only, not on an implementation")
     fac = resolve_factory(factory)
     name = impl_name or (factory if isinstance(factory, str) else
                          getattr(factory, "__qualname__", "impl"))
@@ -80,4 +108,4 @@ def replay_on_impl(trace: Trace, factory: str | Factory, *, impl_name: str = "")
             impl_v.append(ls.last_impl_violations if div is None else frozenset())
             if div is not None:
                 break
-    return ImplReplay(trace, len(model_v), model_v, impl_v, div)
+    return ImplReplay(trace, len(model_v), model_v, impl_v, div, str(name))
