@@ -36,14 +36,21 @@ Observation = tuple[tuple[SlotObs, ...], int, int]
 
 @dataclass
 class StepOutcome:
-    """What one driver step did: the manager's return value, or the InvariantViolation it
-    raised (state unchanged), plus ids of properties the driver detected from observations
-    and misuse-probe failures."""
+    """What one driver step did: the manager's return value (``bool(value)``, or None when it
+    returned None or the call returns nothing), or the InvariantViolation it raised (state
+    unchanged), plus ids of properties the driver detected from observations and misuse-probe
+    failures."""
 
     result: bool | None = None
     raised: InvariantViolation | None = None
     detected: frozenset[str] = frozenset()
     misuse: str = ""
+
+
+def _result(value: Any) -> bool | None:
+    """A manager's return value as the model compares it: ``bool(value)``, but None stays None
+    (a forgotten ``return`` must show as None, not as False)."""
+    return None if value is None else bool(value)
 
 
 def blocks(capacity: int, tokens_per_block: int) -> int:
@@ -133,22 +140,22 @@ class Driver:
         self.pinned_start[r] = 0
 
     def _prepare_context(self, r: int) -> StepOutcome:
-        return StepOutcome(result=bool(self.manager.prepare_context(self._req(r))))
+        return StepOutcome(result=_result(self.manager.prepare_context(self._req(r))))
 
     def _resize_context(self, r: int) -> StepOutcome:
         req = self._req(r)
-        return StepOutcome(result=bool(self.manager.resize_context(
+        return StepOutcome(result=_result(self.manager.resize_context(
             req, req.context_resize_tokens())))
 
     def _try_allocate_generation(self, r: int) -> StepOutcome:
-        return StepOutcome(result=bool(self.manager.try_allocate_generation(self._req(r))))
+        return StepOutcome(result=_result(self.manager.try_allocate_generation(self._req(r))))
 
     def _suspend_request(self, r: int) -> StepOutcome:
         self.manager.suspend_request(self._req(r))
         return StepOutcome()
 
     def _resume_request(self, r: int) -> StepOutcome:
-        return StepOutcome(result=bool(self.manager.resume_request(self._req(r))))
+        return StepOutcome(result=_result(self.manager.resume_request(self._req(r))))
 
     def _evict_to_host(self, r: int) -> StepOutcome:
         ok = self.manager.evict_to_host(self._req(r))
@@ -198,7 +205,7 @@ class Driver:
         return StepOutcome()  # executor bookkeeping only; the manager is not involved
 
     def _revert_allocate_context(self, r: int) -> StepOutcome:
-        return StepOutcome(result=bool(self.manager.revert_allocate_context(self._req(r))))
+        return StepOutcome(result=_result(self.manager.revert_allocate_context(self._req(r))))
 
     def _revert_allocate_generation(self, r: int) -> StepOutcome:
         self.manager.revert_allocate_generation(self._req(r))

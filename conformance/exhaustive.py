@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvspec.config import Config
@@ -24,21 +25,29 @@ from kvspec.spec.state import State
 from kvspec.spec.trace import Step
 
 from .adapter import Factory, resolve_factory
+from .check import InterruptLatch
 from .detect import FLAG_IDS
 from .lockstep import run_steps
-from .report import Divergence
+from .report import Divergence, impl_label, render_config
 
 _CLEAR = {f: False for f in FLAG_IDS}
 SMALL_SCOPE = dict(num_gpu_pages=4, num_requests=2, tokens_per_block=2, max_prompt_len=3,
                    max_draft_len=1)
 """The largest sizes :func:`explore` accepts (G, N, B, prompt, draft)."""
+_CLI_OPTION = {"num_gpu_pages": "--gpu-pages", "num_requests": "--requests"}
+PROGRESS_EVERY = 1024
+"""BFS states dequeued (and leaf paths replayed, :data:`REPLAY_PROGRESS_EVERY`) between two
+progress calls."""
+REPLAY_PROGRESS_EVERY = 64
 
 
 @dataclass
 class ExhaustiveResult:
     """What :func:`explore` covered: canonical states, behaviours (one shortest path per
     state), model transitions, replayed leaf paths and steps, time, and whether it was bounded
-    (``bounded_reason`` says by what)."""
+    (``bounded_reason`` says by what). ``interrupted``: a ``KeyboardInterrupt`` stopped it in
+    ``interrupted_in`` (``"bfs"``: the counts are the states found so far and nothing was
+    replayed; ``"replay"``: ``replayed_paths`` of ``leaf_paths`` were replayed)."""
 
     policy: str
     config: Config
@@ -53,21 +62,42 @@ class ExhaustiveResult:
     bounded: bool = False
     bounded_reason: str = ""
     divergences: list[Divergence] = field(default_factory=list)
+    impl: str = ""
+    leaf_paths: int = 0
+    interrupted: bool = False
+    interrupted_in: str = ""
 
     @property
     def ok(self) -> bool:
+        """No replayed behaviour diverged (see ``interrupted`` for an incomplete run)."""
         return not self.divergences
 
     def render(self) -> str:
+        """Head (impl, policy, verdict), the config, the coverage line, where an interrupt
+        stopped it, then the first divergence report."""
+        verdict = "OK" if self.ok else f"{len(self.divergences)} DIVERGENCES"
+        if self.interrupted:
+            verdict = "INTERRUPTED" if self.ok else verdict + " (interrupted)"
         b = f" (BOUNDED: {self.bounded_reason})" if self.bounded else " (complete)"
-        head = (f"exhaustive {self.policy}: {self.states} states, {self.behaviours} behaviours,"
-                f" {self.transitions} transitions, depth {self.max_depth}{b};"
-                f" replayed {self.replayed_paths} leaf paths / {self.replayed_steps} steps in"
-                f" {self.seconds:.2f} s (BFS {self.bfs_seconds:.2f} s):"
-                f" {'OK' if self.ok else f'{len(self.divergences)} DIVERGENCES'}")
+        if self.interrupted:
+            b = " (incomplete: interrupted)"
+        lines = [
+            f"kvspec explore: impl {self.impl or '?'}, policy {self.policy}, seed: none"
+            f" (exhaustive BFS, deterministic): {verdict}",
+            f"  config: {render_config(self.config)}",
+            f"exhaustive {self.policy}: {self.states} states, {self.behaviours} behaviours,"
+            f" {self.transitions} transitions, depth {self.max_depth}{b};"
+            f" replayed {self.replayed_paths} leaf paths / {self.replayed_steps} steps in"
+            f" {self.seconds:.2f} s (BFS {self.bfs_seconds:.2f} s)"]
+        if self.interrupted_in == "bfs":
+            lines.append(f"interrupted after {self.states} states of the BFS (depth"
+                         f" {self.max_depth}); nothing was replayed")
+        elif self.interrupted_in == "replay":
+            lines.append(f"interrupted after replaying {self.replayed_paths} of"
+                         f" {self.leaf_paths} leaf paths ({self.replayed_steps} steps)")
         if self.divergences:
-            head += "\n" + self.divergences[0].render()
-        return head
+            lines.append(self.divergences[0].render())
+        return "\n".join(lines)
 
 
 def canonical(s: State) -> State:
@@ -78,70 +108,122 @@ def canonical(s: State) -> State:
 def _check_scope(config: Config) -> None:
     for name, hi in SMALL_SCOPE.items():
         if getattr(config, name) > hi:
+            opt = _CLI_OPTION.get(name)
             raise InvalidArgument(
-                f"explore: Config.{name}={getattr(config, name)} exceeds the small scope"
-                f" ({name} <= {hi}); use run_check (random walks) for larger configs")
+                f"kvspec explore: Config.{name}={getattr(config, name)} exceeds the small"
+                f" scope ({name} <= {hi}"
+                + (f", i.e. {opt} {hi} at most" if opt else "")
+                + "); for larger configs use `kvspec check` (seeded random walks and"
+                " hypothesis)")
 
 
 def explore(factory: str | Factory, policy: Policy, config: Config, *, max_depth: int = 1000,
             max_states: int = 200_000, replay: bool = True, impl_name: str = "",
-            stop_at_first: bool = True) -> ExhaustiveResult:
+            stop_at_first: bool = True, progress: Callable[[int, int], None] | None = None,
+            replay_progress: Callable[[int, int], None] | None = None) -> ExhaustiveResult:
     """BFS the model's reachable states under ``policy``/``config`` and replay every
     behaviour on ``factory``'s manager.
 
     Cost: O(states x enabled steps) model steps for the BFS plus one lockstep step per
     replayed step. ``max_depth``/``max_states`` bound the search; a bounded result says so.
 
+    ``progress(states_found, current_depth)`` is called every :data:`PROGRESS_EVERY` BFS
+    states and once when the BFS ends; ``replay_progress(paths_replayed, paths_total)`` every
+    :data:`REPLAY_PROGRESS_EVERY` leaf paths and once at the end of the replay. A
+    ``KeyboardInterrupt`` inside either loop returns the result so far with
+    ``interrupted=True`` (and ``interrupted_in``); a divergence found before it is kept.
+
     Raises:
-        InvalidArgument: config outside the small scope (:data:`SMALL_SCOPE`) or bad factory.
+        InvalidArgument: config outside the small scope (:data:`SMALL_SCOPE`), a bad
+            ``max_depth``/``max_states``, or a bad factory. A manager that raises during
+            replay is a divergence in the result, not an error.
     """
     _check_scope(config)
+    for name, value in (("max_depth", max_depth), ("max_states", max_states)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgument(f"kvspec explore: {name}={value!r} must be an integer >= 1")
     fac = resolve_factory(factory)
+    res = ExhaustiveResult(policy.name, config, impl=impl_name or impl_label(factory))
+    latch = InterruptLatch()
+    with latch.installed():
+        _explore(fac, policy, config, res, latch, max_depth=max_depth, max_states=max_states,
+                 replay=replay, stop_at_first=stop_at_first, progress=progress,
+                 replay_progress=replay_progress)
+    return res
+
+
+def _explore(fac: Factory, policy: Policy, config: Config, res: ExhaustiveResult,
+             latch: InterruptLatch, *, max_depth: int, max_states: int, replay: bool,
+             stop_at_first: bool, progress: Callable[[int, int], None] | None,
+             replay_progress: Callable[[int, int], None] | None) -> None:
+    """:func:`explore`'s BFS and replay, filling ``res``."""
     t0 = time.perf_counter()
-    res = ExhaustiveResult(policy.name, config)
     m = Model(config, policy)
     init = m.initial()
     parent: dict[State, tuple[State | None, Step | None]] = {canonical(init): (None, None)}
     has_child: set[State] = set()
     depth_of = {canonical(init): 0}
     queue: deque[tuple[State, State]] = deque([(init, canonical(init))])
-    while queue:
-        s, key = queue.popleft()
-        d = depth_of[key]
-        if d >= max_depth:
-            res.bounded, res.bounded_reason = True, f"depth {max_depth} reached"
-            continue
-        for name, r, args in m.enabled_steps(s):
-            res.transitions += 1
-            nxt = m.step(s, name, r, **args).state._replace(**_CLEAR)
-            k2 = canonical(nxt)
-            if k2 in parent:
+    popped = 0
+    d = 0
+    try:
+        while queue:
+            s, key = queue.popleft()
+            d = depth_of[key]
+            popped += 1
+            if popped % PROGRESS_EVERY == 0:
+                latch.check()
+                if progress is not None:
+                    progress(len(parent), d)
+            if d >= max_depth:
+                res.bounded, res.bounded_reason = True, f"depth {max_depth} reached"
                 continue
-            if len(parent) >= max_states:
-                res.bounded, res.bounded_reason = True, f"{max_states} states reached"
-                break
-            parent[k2] = (key, Step(name, r, dict(args)))
-            depth_of[k2] = d + 1
-            has_child.add(key)
-            queue.append((nxt, k2))
+            for name, r, args in m.enabled_steps(s):
+                res.transitions += 1
+                nxt = m.step(s, name, r, **args).state._replace(**_CLEAR)
+                k2 = canonical(nxt)
+                if k2 in parent:
+                    continue
+                if len(parent) >= max_states:
+                    res.bounded, res.bounded_reason = True, f"{max_states} states reached"
+                    break
+                parent[k2] = (key, Step(name, r, dict(args)))
+                depth_of[k2] = d + 1
+                has_child.add(key)
+                queue.append((nxt, k2))
+        latch.check()
+        if progress is not None:
+            progress(len(parent), d)
+    except KeyboardInterrupt:
+        res.interrupted, res.interrupted_in = True, "bfs"
     res.states = res.behaviours = len(parent)
     res.max_depth = max(depth_of.values())
     res.bfs_seconds = time.perf_counter() - t0
-    if replay:
-        for leaf in parent:
-            if leaf in has_child:
-                continue
-            path = _path(parent, leaf)
-            res.replayed_paths += 1
-            res.replayed_steps += len(path)
-            div = run_steps(fac, config, policy, path, impl_name=impl_name,
-                            check_structure=True, probe_misuse=True)
-            if div is not None:
-                res.divergences.append(div)
-                if stop_at_first:
-                    break
+    res.leaf_paths = len(parent) - len(has_child)
+    if replay and not res.interrupted:
+        try:
+            for leaf in parent:
+                if leaf in has_child:
+                    continue
+                latch.check()
+                path = _path(parent, leaf)
+                div = run_steps(fac, config, policy, path, impl_name=res.impl,
+                                check_structure=True, probe_misuse=True)
+                res.replayed_paths += 1
+                res.replayed_steps += len(path)
+                if replay_progress is not None and \
+                        res.replayed_paths % REPLAY_PROGRESS_EVERY == 0:
+                    replay_progress(res.replayed_paths, res.leaf_paths)
+                if div is not None:
+                    res.divergences.append(div)
+                    if stop_at_first:
+                        break
+            latch.check()
+            if replay_progress is not None:
+                replay_progress(res.replayed_paths, res.leaf_paths)
+        except KeyboardInterrupt:
+            res.interrupted, res.interrupted_in = True, "replay"
     res.seconds = time.perf_counter() - t0
-    return res
 
 
 def _path(parent: dict[State, tuple[State | None, Step | None]], key: State) -> list[Step]:

@@ -19,7 +19,7 @@ from kvspec.errors import InvalidArgument, KVSpecError
 from kvspec.policy import Policy
 from kvspec.spec.model import Model
 from kvspec.spec.state import State
-from kvspec.spec.trace import Step, Trace
+from kvspec.spec.trace import Step, Trace, with_digests
 
 from .adapter import Factory, make_manager
 from .detect import FLAG_IDS, observe_step
@@ -46,13 +46,26 @@ def model_observation(s: State, mask_never_resumed: bool = False) -> Observation
     return slots, s.gpu_free, s.host_free
 
 
+_EMPTY_ZERO = tuple(_F[f] for f in ("phase", "pos", "has_cache", "on_host", "capacity",
+                                     "history", "committed"))
+_EMPTY_NONE = (_F["snapshot"], _F["draft_record"])
+
+
+def is_empty_slot(q: tuple[Any, ...]) -> bool:
+    """A slot without a request and without a cache (``DONE``, no cache, nothing recorded)."""
+    return not any(q[i] for i in _EMPTY_ZERO) and all(q[i] == -1 for i in _EMPTY_NONE)
+
+
 def render_observation(obs: Observation) -> str:
-    """``r0{phase=1 pos=0 ...} r1{...} gpu_free=4 host_free=4`` (fields as the model names)."""
+    """``r0{phase=CONTEXT pos=0 ...} gpu_free=4 host_free=4`` (fields as the model names);
+    empty slots (:func:`is_empty_slot`) are left out, ``(no requests)`` when all are."""
     parts = []
     for r, q in enumerate(obs[0]):
+        if is_empty_slot(q):
+            continue
         parts.append(f"r{r}{{" + " ".join(f"{n}={_show(n, v)}" for n, v in zip(OBS_FIELDS, q))
                      + "}")
-    return " ".join(parts) + f" gpu_free={obs[1]} host_free={obs[2]}"
+    return (" ".join(parts) or "(no requests)") + f" gpu_free={obs[1]} host_free={obs[2]}"
 
 
 def _show(name: str, v: Any) -> str:
@@ -94,7 +107,12 @@ class Lockstep:
                              probe_misuse=probe_misuse)
         self.check_structure = check_structure
         self._mask = not self.driver._never_resumed
-        self.obs = abstract(self.driver)
+        self._init_error: BaseException | None = None
+        try:
+            self.obs = abstract(self.driver)
+        except Exception as exc:  # noqa: BLE001 - reported by initial_divergence
+            self._init_error = exc
+            self.obs = model_observation(self.state, self._mask)
         self.steps: list[Step] = []
         self.violated: list[str] = []
         self.last_model_violations: frozenset[str] = frozenset()
@@ -103,9 +121,17 @@ class Lockstep:
     def initial_divergence(self) -> Divergence | None:
         """A divergence at step 0 if the fresh manager does not look like the initial state."""
         exp = model_observation(self.state, self._mask)
-        diffs = _diff_obs(exp, self.obs) + [FieldDiff("structure", "[]", m)
-                                            for m in structure(self.driver)]
-        return self._divergence(0, "initial state", diffs, exp, self.state) if diffs else None
+        if self._init_error is not None:
+            return self._divergence(0, "initial state", [_raised(self._init_error)], exp,
+                                    self.state, impl_result=_raised_text(self._init_error))
+        try:
+            msgs = structure(self.driver)
+        except Exception as exc:  # noqa: BLE001 - an observation that raises is a finding
+            return self._divergence(0, "initial state", [_raised(exc)], exp, self.state,
+                                    self.obs, impl_result=_raised_text(exc))
+        diffs = _diff_obs(exp, self.obs) + [FieldDiff("structure", "[]", m) for m in msgs]
+        return self._divergence(0, "initial state", diffs, exp, self.state, self.obs) \
+            if diffs else None
 
     def step(self, name: str, r: int = 0, args: dict[str, Any] | None = None
              ) -> Divergence | None:
@@ -138,6 +164,7 @@ class Lockstep:
             outcome = d.apply(name, r, args)
             after = abstract(d)
             found = observe_step(d, name, r, args, outcome, before, after)
+            struct = structure(d) if self.check_structure else ()
         except KVSpecError as exc:
             return self._crash(name, r, args, exc, before_state)
         except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
@@ -146,9 +173,10 @@ class Lockstep:
         self.last_model_violations = model_new
         self.last_impl_violations = found
         exp = model_observation(new_state, self._mask)
+        returns = m.action(name).returns
         if outcome.raised is not None:
             pass  # a refusal returns nothing; the violation and the unchanged state count
-        elif m.action(name).returns and outcome.result != expected_result:
+        elif returns and outcome.result != expected_result:
             diffs.append(FieldDiff("result", str(expected_result), str(outcome.result)))
         elif name == "evict_to_host" and outcome.result is False:
             diffs.append(FieldDiff("result", "None (evicted)", "False (host tier refused)"))
@@ -161,22 +189,31 @@ class Lockstep:
             diffs.extend(_diff_obs(exp, after))
         if outcome.misuse:
             diffs.append(FieldDiff("misuse", "ProtocolError, nothing changed", outcome.misuse))
-        if self.check_structure:
-            diffs.extend(FieldDiff("structure", "[]", msg) for msg in structure(d))
+        if struct:
+            diffs.extend(FieldDiff("structure", "[]", msg) for msg in struct)
         if diffs:
+            if outcome.raised is not None:
+                got = _raised_text(outcome.raised)
+            else:
+                got = f"-> {outcome.result}" if returns or outcome.result is not None else ""
             return self._divergence(len(self.steps), self._call(name, r, args), diffs, exp,
-                                    before_state, after)
+                                    before_state, after, impl_result=got)
         return None
 
     def final_check(self) -> Divergence | None:
-        """Structural checks once more (for runs with ``check_structure=False``)."""
-        msgs = structure(self.driver)
+        """Structural checks once more (for runs with ``check_structure=False``); a manager
+        whose observations raise here is a divergence too."""
+        try:
+            msgs = structure(self.driver)
+        except Exception as exc:  # noqa: BLE001 - an observation that raises is a finding
+            return self._divergence(len(self.steps), "end of run", [_raised(exc)],
+                                    model_observation(self.state, self._mask), self.state)
         if not msgs:
             return None
-        exp = model_observation(self.state, self._mask)
         return self._divergence(len(self.steps), "end of run",
-                                [FieldDiff("structure", "[]", msg) for msg in msgs], exp,
-                                self.state)
+                                [FieldDiff("structure", "[]", msg) for msg in msgs],
+                                model_observation(self.state, self._mask), self.state,
+                                self.obs)
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -186,21 +223,25 @@ class Lockstep:
     def _crash(self, name: str, r: int, args: dict[str, Any], exc: BaseException,
                before_state: State) -> Divergence:
         exp = model_observation(self.state, self._mask)
-        diff = FieldDiff("raised", "no exception", f"{type(exc).__name__}: {exc}")
         try:
             after: Observation | None = abstract(self.driver)
         except Exception:  # noqa: BLE001 - the observation itself may be what is broken
             after = None
-        return self._divergence(len(self.steps), self._call(name, r, args), [diff], exp,
-                                before_state, after)
+        return self._divergence(len(self.steps), self._call(name, r, args), [_raised(exc)],
+                                exp, before_state, after, impl_result=_raised_text(exc))
 
     def _divergence(self, index: int, action: str, diffs: list[FieldDiff], exp: Observation,
-                    before_state: State, after: Observation | None = None) -> Divergence:
+                    before_state: State, after: Observation | None = None, *,
+                    impl_result: str = "") -> Divergence:
+        """The report; its trace has the model's results and digests (one model replay of
+        the steps so far: cheap next to the lockstep run that found it)."""
         enabled = summarize_enabled(self.model, before_state)
-        trace = Trace(self.policy, self.config, tuple(self.steps), tuple(self.violated),
-                      source=f"conformance:{self.impl_name}")
+        trace = with_digests(Trace(self.policy, self.config, tuple(self.steps),
+                                   tuple(self.violated),
+                                   source=f"conformance:{self.impl_name}"))
         return Divergence(index, action, diffs, trace, enabled, render_observation(exp),
-                          "" if after is None else render_observation(after), self.impl_name)
+                          "" if after is None else render_observation(after), self.impl_name,
+                          impl_result=impl_result)
 
 
 def summarize_enabled(model: Model, s: State, limit: int = 4) -> tuple[str, ...]:
@@ -215,6 +256,17 @@ def summarize_enabled(model: Model, s: State, limit: int = 4) -> tuple[str, ...]
         if len(calls) > limit:
             out.append(f"... +{len(calls) - limit} more {calls[0].split('(')[0]}")
     return tuple(out)
+
+
+def _raised_text(exc: BaseException) -> str:
+    """``raised ExcType: message`` (what a step shows when the manager raised)."""
+    msg = str(exc)
+    return f"raised {type(exc).__name__}" + (f": {msg}" if msg else "")
+
+
+def _raised(exc: BaseException) -> FieldDiff:
+    msg = str(exc)
+    return FieldDiff("raised", "no exception", type(exc).__name__ + (f": {msg}" if msg else ""))
 
 
 def _ids(ids: Iterable[str]) -> str:

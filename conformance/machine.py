@@ -9,6 +9,7 @@ Cost: ~100x a walker step (hypothesis bookkeeping and full argument enumeration)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import strategies as st
@@ -20,7 +21,6 @@ from kvspec.policy import Policy
 from kvspec.spec.model import Model
 
 from .adapter import Factory
-from .driver import structure
 from .lockstep import Lockstep
 from .report import Divergence
 
@@ -34,10 +34,15 @@ class DivergenceFound(ConformanceError):
 
 
 def make_machine(factory: Factory, config: Config, policy: Policy, *,
-                 impl_name: str = "", probe_misuse: bool = True) -> type[RuleBasedStateMachine]:
+                 impl_name: str = "", probe_misuse: bool = True,
+                 on_example_end: Callable[[], None] | None = None,
+                 before_step: Callable[[], None] | None = None
+                 ) -> type[RuleBasedStateMachine]:
     """A state machine class checking ``factory``'s manager against the model under
     ``policy``; run it with ``run_state_machine_as_test`` (or ``.TestCase`` in pytest).
-    ``cls.steps_run[0]`` counts the lockstep steps of all examples."""
+    ``cls.steps_run[0]`` counts the lockstep steps of all examples; ``on_example_end()`` is
+    called from ``teardown`` after each example (hypothesis's replays included) and
+    ``before_step()`` before each rule (``run_check`` raises a pending interrupt there)."""
     model = Model(config, policy)
     arg_table = {a.name: a.argument_tuples(model.config) for a in model.actions}
 
@@ -66,6 +71,8 @@ def make_machine(factory: Factory, config: Config, policy: Policy, *,
         @precondition(lambda self: bool(self._enabled(name)))
         @rule(data=st.data())
         def step(self: Any, data: st.DataObject) -> None:
+            if before_step is not None:
+                before_step()
             r, args = data.draw(st.sampled_from(self._enabled(name)), label=name)
             type(self).steps_run[0] += 1
             div = self.lock.step(name, r, dict(args))
@@ -75,14 +82,17 @@ def make_machine(factory: Factory, config: Config, policy: Policy, *,
         return step
 
     def check_structure(self: Any) -> None:
-        msgs = structure(self.lock.driver)
-        if msgs:
-            div = self.lock.final_check()
-            if div is not None:
-                raise DivergenceFound(div)
+        div = self.lock.final_check()  # a manager that raises here is a divergence too
+        if div is not None:
+            raise DivergenceFound(div)
+
+    def teardown(self: Any) -> None:
+        if on_example_end is not None:
+            on_example_end()
 
     body: dict[str, Any] = {"__init__": init, "steps_run": [0], "_enabled": enabled,
-                            "check_structure": invariant()(check_structure)}
+                            "check_structure": invariant()(check_structure),
+                            "teardown": teardown}
     for a in model.actions:
         body[a.name] = make_rule(a.name)
     return type(f"Conformance_{policy.name.replace('-', '_')}", (RuleBasedStateMachine,), body)

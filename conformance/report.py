@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
 
+from kvspec.config import Config
 from kvspec.spec.trace import Step, Trace
+
+ALWAYS_SHOWN: tuple[str, ...] = ("tokens_per_block", "num_gpu_pages", "num_host_pages",
+                                 "max_util_for_resume", "max_rewind_len", "num_requests")
+"""Config fields every report names; the other fields are named when they differ from the
+default."""
+
+
+def render_config(config: Config) -> str:
+    """``tokens_per_block=2 num_gpu_pages=4 ... num_requests=2`` plus every other field that
+    differs from ``Config()`` (``max_prompt_len=4``); fractions as ``3/4``. O(fields)."""
+    default = Config()
+    parts = []
+    for name in config.__dataclass_fields__:
+        v = getattr(config, name)
+        if name in ALWAYS_SHOWN or v != getattr(default, name):
+            parts.append(f"{name}={_value(v)}")
+    return " ".join(parts)
+
+
+def _value(v: object) -> str:
+    return str(v) if isinstance(v, Fraction) else repr(v) if isinstance(v, str) else str(v)
+
+
+def impl_label(spec: str | Callable[..., Any]) -> str:
+    """The name reports use for an implementation: the ``module:factory`` string as given, or
+    ``module:qualname`` of a callable."""
+    if isinstance(spec, str):
+        return spec
+    return f"{getattr(spec, '__module__', '?')}:{getattr(spec, '__qualname__', spec)}"
 
 
 @dataclass(frozen=True)
@@ -24,9 +57,14 @@ class Divergence:
     """The first step at which an implementation and the model disagree.
 
     ``index`` is 1-based (0: the initial states differ); ``trace`` holds the steps up to and
-    including the diverging one (replayable on the model with ``kvspec.spec.trace.replay``);
-    ``enabled`` lists the calls the model allowed before that step; ``expected``/``actual``
-    are the full observations after it, rendered.
+    including the diverging one, each with the model's result and state digest
+    (``Trace.save`` it; ``kvspec replay`` or
+    :func:`~kvspec.conformance.replay.replay_on_impl` on the same factory reproduces this
+    divergence at the same step); ``enabled`` lists the calls the model allowed before that
+    step; ``expected``/``actual`` are the full observations after it, rendered (empty slots
+    left out). ``impl_result`` is what the implementation did at the diverging step:
+    ``-> True``/``-> False``/``-> None`` (a forgotten ``return``), ``raised ExcType: message``,
+    or "" for a call without a result.
     """
 
     index: int
@@ -38,6 +76,7 @@ class Divergence:
     actual: str = ""
     impl: str = ""
     shrunk_from: int | None = None
+    impl_result: str = ""
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -51,13 +90,20 @@ class Divergence:
         """Numbered steps, the diverging step, expected vs actual per field, observations."""
         m = self.trace.model()
         lines = [f"DIVERGENCE{' of ' + self.impl if self.impl else ''} at step {self.index}:"
-                 f" {self.action}   (policy {self.trace.policy.name})"]
+                 f" {self.action}   (policy {self.trace.policy.name})",
+                 f"  config: {render_config(self.trace.config)}"]
         if self.shrunk_from is not None:
             lines.append(f"  (shrunk from {self.shrunk_from} steps to {len(self.trace)})")
-        lines.append("Steps:")
+        lines.append("Steps:" if self.trace.steps else "Steps: none (the fresh manager differs)")
         for i, st in enumerate(self.trace.steps, start=1):
             res = "" if st.result is None else f" -> {st.result}"
-            mark = "   <-- diverges" if i == self.index else ""
+            mark = ""
+            if i == self.index:
+                mark = "   <-- diverges"
+                got = self.impl_result
+                if got and got != res.strip():
+                    mark += f" (model: {res.strip() or 'no result'})"
+                    res = f" {got}"
             lines.append(f"  {i:>3}. {st.call(m.action(st.action).per_request)}{res}{mark}")
         lines.append("Differences (expected = model, actual = implementation):")
         lines.extend(f"  {d.render()}" for d in self.diffs)
@@ -71,7 +117,11 @@ class Divergence:
 
 @dataclass
 class TierResult:
-    """One tier's outcome: steps run, seconds, the (shrunk) divergence if any."""
+    """One tier's outcome: steps and runs done (of ``runs_total``), seconds, the (shrunk)
+    divergence if any and the run it came from: ``failed_run`` (1-based), the ``config`` it
+    ran under, ``config_index`` into the configs the tier cycled (None: one config) and
+    ``run_seed`` (the walker's per-run RNG seed). ``interrupted``: a ``KeyboardInterrupt``
+    stopped the tier; everything here is what was done before it."""
 
     tier: str
     steps: int = 0
@@ -79,6 +129,12 @@ class TierResult:
     runs: int = 0
     divergence: Divergence | None = None
     notes: list[str] = field(default_factory=list)
+    runs_total: int = 0
+    interrupted: bool = False
+    failed_run: int | None = None
+    config: Config | None = None
+    config_index: int | None = None
+    run_seed: str = ""
 
     @property
     def steps_per_second(self) -> float:

@@ -35,6 +35,8 @@ class WalkResult:
     counterexamples: dict[str, Trace] = field(default_factory=dict)
     witnesses: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
+    interrupted: bool = False
+    """True when a ``KeyboardInterrupt`` stopped the walk: the fields hold what was done."""
 
     @property
     def steps_per_second(self) -> float:
@@ -43,11 +45,23 @@ class WalkResult:
 
 def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
          walk_length: int = 60, properties: Sequence[Property] = PROPERTIES,
-         shrink: bool = True, witnesses: bool = True) -> WalkResult:
+         shrink: bool = True, witnesses: bool = True,
+         progress: Callable[[int, int], None] | None = None) -> WalkResult:
     """Random walks of ``walk_length`` steps from the initial state, ``steps`` in total.
 
     Invariants are checked after every step; the first violation of each property is kept
     (shrunk when ``shrink``) and that walk restarts. Deterministic for a given seed.
+
+    ``progress(steps_done, steps_total)`` is called every :data:`PROGRESS_EVERY` steps and
+    once at the end (one integer comparison per step otherwise). A ``KeyboardInterrupt``
+    raised inside the loop (Ctrl-C, or from ``progress``) ends the walk: the result has
+    ``interrupted=True`` and holds the steps, witnesses and counterexamples found so far (a
+    counterexample whose shrinking was interrupted is kept unshrunk).
+
+    Cost: one model step plus the invariant checks per step (tens of microseconds).
+
+    Raises:
+        InvalidArgument: ``steps`` < 0 or ``walk_length`` < 1.
     """
     if steps < 0 or walk_length < 1:
         raise InvalidArgument(f"walk: steps={steps} must be >= 0, walk_length={walk_length} >= 1")
@@ -60,33 +74,53 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
     t0 = time.perf_counter()
     s = m.initial()
     path: list[Step] = []
-    while out.steps < steps:
-        chosen = pick(s)
-        if chosen is None or len(path) >= walk_length:
-            s, path = m.initial(), []
-            continue
-        name, r, args = chosen
-        nxt, res = m.step(s, name, r, **args)
-        path.append(Step(name, r, args, None if res is None else bool(res)))
-        out.steps += 1
-        out.actions[name] += 1
-        if wit:
-            for p in wit:
-                if p.witness(m.ctx, s, nxt):
-                    out.witnesses[p.id] += 1
-                    if out.witnesses[p.id] >= WITNESS_SATURATION:
-                        wit = [w for w in wit if w is not p]
-        s = nxt
-        bad = [p.id for p in props if not p.check(m.ctx, s)]
-        if bad:
-            for pid in bad:
-                if pid not in out.counterexamples:
-                    trace = Trace(policy, config, tuple(path), (pid,), f"walker(seed={seed})")
-                    out.counterexamples[pid] = shrink_trace(trace, pid) if shrink else \
-                        with_digests(trace)
-            s, path = m.initial(), []
+    notify = progress if progress is not None else _no_progress
+    next_report = PROGRESS_EVERY if progress is not None else steps + 1
+    try:
+        while out.steps < steps:
+            if out.steps >= next_report:
+                next_report += PROGRESS_EVERY
+                notify(out.steps, steps)
+            chosen = pick(s)
+            if chosen is None or len(path) >= walk_length:
+                s, path = m.initial(), []
+                continue
+            name, r, args = chosen
+            nxt, res = m.step(s, name, r, **args)
+            path.append(Step(name, r, args, None if res is None else bool(res)))
+            out.steps += 1
+            out.actions[name] += 1
+            if wit:
+                for p in wit:
+                    if p.witness(m.ctx, s, nxt):
+                        out.witnesses[p.id] += 1
+                        if out.witnesses[p.id] >= WITNESS_SATURATION:
+                            wit = [w for w in wit if w is not p]
+            s = nxt
+            bad = [p.id for p in props if not p.check(m.ctx, s)]
+            if bad:
+                for pid in bad:
+                    if pid not in out.counterexamples:
+                        trace = Trace(policy, config, tuple(path), (pid,),
+                                      f"walker(seed={seed})")
+                        # kept unshrunk first: an interrupt during shrinking keeps it
+                        out.counterexamples[pid] = with_digests(trace)
+                        if shrink:
+                            out.counterexamples[pid] = shrink_trace(trace, pid)
+                s, path = m.initial(), []
+        notify(out.steps, steps)
+    except KeyboardInterrupt:
+        out.interrupted = True
     out.seconds = time.perf_counter() - t0
     return out
+
+
+PROGRESS_EVERY = 1024
+"""Steps between two calls of ``walk``'s ``progress`` callback."""
+
+
+def _no_progress(done: int, total: int) -> None:
+    """The ``progress`` callback when none is given."""
 
 
 STAGE_ACTION_WEIGHT = 0.3
