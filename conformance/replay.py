@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvspec.errors import InvalidArgument
-from kvspec.spec.trace import Trace, config_summary, policy_summary
+from kvspec.spec.trace import Trace, policy_summary
 
 from .adapter import Factory, resolve_factory
 from .lockstep import Lockstep, StepRejected
@@ -70,7 +70,7 @@ class ImplReplay:
         if context:
             source = t.source if t.source.isprintable() else repr(t.source)
             lines.append(f"Implementation {name} on trace {source or '(no source)'}: policy "
-                         f"{policy_summary(t.policy)}; config {config_summary(t.config)}")
+                         f"{policy_summary(t.policy)}; config {t.config.describe()}")
         lines.append(f"Implementation {name}: replay of {len(t)} steps: {what}; {verdict}")
         if self.divergence is not None:
             lines.append(self.divergence.render())

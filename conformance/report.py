@@ -4,32 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from kvspec.config import Config
 from kvspec.spec.trace import Step, Trace
 
-ALWAYS_SHOWN: tuple[str, ...] = ("tokens_per_block", "num_gpu_pages", "num_host_pages",
-                                 "max_util_for_resume", "max_rewind_len", "num_requests")
-"""Config fields every report names; the other fields are named when they differ from the
-default."""
-
 
 def render_config(config: Config) -> str:
-    """``tokens_per_block=2 num_gpu_pages=4 ... num_requests=2`` plus every other field that
-    differs from ``Config()`` (``max_prompt_len=4``); fractions as ``3/4``. O(fields)."""
-    default = Config()
-    parts = []
-    for name in config.__dataclass_fields__:
-        v = getattr(config, name)
-        if name in ALWAYS_SHOWN or v != getattr(default, name):
-            parts.append(f"{name}={_value(v)}")
-    return " ".join(parts)
-
-
-def _value(v: object) -> str:
-    return str(v) if isinstance(v, Fraction) else repr(v) if isinstance(v, str) else str(v)
+    """The config as every report names it (:meth:`kvspec.config.Config.describe`)."""
+    return config.describe()
 
 
 def impl_label(spec: str | Callable[..., Any]) -> str:

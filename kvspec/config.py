@@ -31,6 +31,12 @@ class Config:
     max_prompt_len: int = 5
     max_draft_len: int = 1
 
+    def describe(self) -> str:
+        """Every field on one line, as every report names the config:
+        ``tokens_per_block=2 num_gpu_pages=4 num_host_pages=4 max_util_for_resume=3/4 ...``.
+        O(fields)."""
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_util_for_resume", _fraction(
             "max_util_for_resume", self.max_util_for_resume))

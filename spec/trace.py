@@ -428,7 +428,7 @@ class TraceCheck:
             f"{_display(t.source) if t.source else '(none)'}"
             + (", abstract (one request versus the rest)" if t.abstract_rest else ""),
             f"Policy: {policy_summary(t.policy)}",
-            f"Config: {config_summary(t.config)}",
+            f"Config: {t.config.describe()}",
             f"Model: {model}",
             f"Check: {self.verdict()}",
         ]
@@ -501,21 +501,6 @@ def digest(s: State) -> str:
 
 
 # ---- one-line descriptions for reports ---------------------------------------------------------
-
-_SYMBOLS = {"tokens_per_block": "B", "num_gpu_pages": "G", "num_host_pages": "H",
-            "max_rewind_len": "W", "num_requests": "N"}
-
-
-def config_summary(k: Config) -> str:
-    """Every field of ``k`` on one line, with the docs' symbols for B, G, H, W and N:
-    ``tokens_per_block B=2, num_gpu_pages G=4, ..., max_util_for_resume=3/4, ...``."""
-    parts = []
-    for name in (f.name for f in dataclasses.fields(k)):
-        sym = _SYMBOLS.get(name)
-        parts.append(f"{name} {sym}={getattr(k, name)}" if sym else
-                     f"{name}={getattr(k, name)}")
-    return ", ".join(parts)
-
 
 def policy_summary(p: Policy) -> str:
     """The policy's name, and the switches where it differs from the preset of that name (or,

@@ -107,8 +107,8 @@ def test_the_report_names_policy_full_config_and_source() -> None:
     text = verify_trace(with_digests(custom)).render("t.jsonl")
     assert "Trace: t.jsonl, 5 steps, source hand" in text
     assert "pr14849 (NOT the preset: differs in host_tier=False)" in text
-    for part in ("tokens_per_block B=2", "num_gpu_pages G=5", "num_host_pages H=3",
-                 "max_util_for_resume=3/4", "max_rewind_len W=2", "num_requests N=2",
+    for part in ("tokens_per_block=2", "num_gpu_pages=5", "num_host_pages=3",
+                 "max_util_for_resume=3/4", "max_rewind_len=2", "num_requests=2",
                  "max_draft_len=1", "attention_dp=True"):
         assert part in text
 
@@ -142,7 +142,7 @@ def test_impl_replay_report_names_impl_policy_and_config() -> None:
     assert rep.same_violation and rep.impl_name == "ref"
     text = rep.render()
     assert text.splitlines()[0].startswith("Implementation ref on trace hand: policy pr14849;"
-                                           " config tokens_per_block B=2")
+                                           " config tokens_per_block=2")
     assert "same violation" in rep.render(context=False)
     assert len(rep.render(context=False).splitlines()) == 1
 
@@ -171,7 +171,7 @@ def test_cli_rendering_alone_on_stdout(tmp_path: Path, capsys: pytest.CaptureFix
                 "jsonl": CEX.to_jsonl}[render]()
     assert out == expected.rstrip("\n") + "\n"
     assert "Model: violates NO-DEFERRED-HOLD (first at step 5)" in err
-    assert f"Trace: {path}" in err and "Policy: pr14849" in err and "num_gpu_pages G=4" in err
+    assert f"Trace: {path}" in err and "Policy: pr14849" in err and "num_gpu_pages=4" in err
 
 
 def test_cli_jsonl_output_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
