@@ -64,14 +64,13 @@ def test_render_names_impl_policy_seed_and_every_builtin_config() -> None:
     assert "max_util_for_resume=2/3" in text and "attention_dp=False" in text
 
 
-def test_render_config_lists_the_core_fields_and_every_non_default() -> None:
+def test_render_config_lists_every_field() -> None:
     cfg = Config(num_gpu_pages=3, max_prompt_len=4)
     text = render_config(cfg)
     for field in ("tokens_per_block=2", "num_gpu_pages=3", "num_host_pages=4",
                   "max_util_for_resume=3/4", "max_rewind_len=2", "num_requests=2",
-                  "max_prompt_len=4"):
+                  "max_prompt_len=4", "max_batch_size=8", "attention_dp=True"):
         assert field in text
-    assert "max_batch_size" not in text  # at its default
     report = run_check(impls.reference, POLICY, examples=2, seed=0, config=cfg,
                        tiers=("walker",))
     assert f"config: {text}" in report.render()
