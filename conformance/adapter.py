@@ -11,13 +11,14 @@ model's. Required: the protocol operations and observations below. Optional (che
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from kvspec.config import Config
-from kvspec.errors import InvalidArgument
+from kvspec.errors import InvalidArgument, KVSpecError
 from kvspec.policy import Policy
 
 
@@ -108,10 +109,23 @@ def missing_api(manager: object) -> list[str]:
 def make_manager(factory: Factory, config: Config, policy: Policy) -> Any:
     """Call ``factory(config, policy)`` and check the result offers the adapter API.
 
+    A factory that raises is bad input, not a divergence: its exception becomes an
+    :class:`InvalidArgument` naming the factory, the exception type and its message (a
+    :class:`~kvspec.errors.KVSpecError` it raises passes through unchanged). A manager that
+    raises later, during a step, is the lockstep's business (a divergence).
+
     Raises:
-        InvalidArgument: the manager lacks required names (listed, with the fix).
+        InvalidArgument: the factory raised, or the manager lacks required names (listed, with
+            the fix).
     """
-    manager = factory(config, policy)
+    try:
+        manager = factory(config, policy)
+    except KVSpecError:
+        raise
+    except Exception as exc:
+        raise InvalidArgument(
+            f"factory {_name(factory)} raised {type(exc).__name__}: {exc} (building a manager"
+            f" for policy {policy.name}); expected factory(config, policy) -> manager") from exc
     missing = missing_api(manager)
     if missing:
         raise InvalidArgument(
@@ -122,12 +136,16 @@ def make_manager(factory: Factory, config: Config, policy: Policy) -> Any:
 
 
 def resolve_factory(spec: str | Factory) -> Factory:
-    """Resolve ``"package.module:factory"`` (or pass a callable through).
+    """Resolve ``"package.module:factory"`` (or pass a callable through) and check that the
+    factory accepts ``(config, policy)``.
 
-    Cost: one import. Raises :class:`InvalidArgument` for a malformed string, a module that
-    does not import, a missing attribute or a non-callable one, naming the value and the fix.
+    Cost: one import. Raises :class:`InvalidArgument` for a malformed string, a module that is
+    not found or fails to import (any exception at import, its own missing dependencies named
+    as such), a missing or non-callable attribute, or a factory whose signature cannot take
+    ``(config, policy)``, naming the value and the fix.
     """
     if callable(spec):
+        check_signature(spec)
         return spec
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise InvalidArgument(
@@ -141,12 +159,7 @@ def resolve_factory(spec: str | Factory) -> Factory:
     if "" not in sys.path and os.getcwd() not in sys.path:
         # like `python -m`, a console script should find a module in the current folder
         sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgument(
-            f"--impl {spec!r}: module {module_name!r} does not import ({exc}); check the name"
-            " and that it is on PYTHONPATH") from None
+    module = _import(spec, module_name)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -158,7 +171,60 @@ def resolve_factory(spec: str | Factory) -> Factory:
         raise InvalidArgument(
             f"--impl {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable"
             " factory(config, policy) -> manager")
+    check_signature(obj, spec)
     return obj
+
+
+def check_signature(factory: Factory, spec: str | None = None) -> None:
+    """Raise :class:`InvalidArgument` when ``factory`` cannot be called as
+    ``factory(config, policy)`` (a callable whose signature Python cannot read passes)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None, None)
+    except TypeError as exc:
+        name = f"--impl {spec!r}" if spec else f"factory {_name(factory)}"
+        raise InvalidArgument(
+            f"{name} has the signature {sig}, which cannot take (config, policy) ({exc});"
+            " expected factory(config, policy) -> manager") from None
+
+
+def _import(spec: str, module_name: str) -> Any:
+    """Import ``module_name``; every failure becomes one :class:`InvalidArgument`."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and missing != module_name and not module_name.startswith(missing + "."):
+            raise InvalidArgument(
+                f"--impl {spec!r}: module {module_name!r} failed to import: its dependency"
+                f" {missing!r} is missing; install it in this environment") from None
+        raise InvalidArgument(
+            f"--impl {spec!r}: module {module_name!r} does not import (no module named"
+            f" {missing or module_name!r}); check the name and that it is on PYTHONPATH"
+            " or in the current folder") from None
+    except (Exception, SystemExit) as exc:
+        where = _where(exc)
+        raise InvalidArgument(
+            f"--impl {spec!r}: module {module_name!r} failed to import: {type(exc).__name__}:"
+            f" {_first_line(exc)}{where}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at file:line)`` of the innermost frame of ``exc`` (SyntaxError says it itself)."""
+    if isinstance(exc, SyntaxError):
+        return ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "" if tb is None else f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
 
 
 def _name(factory: Factory) -> str:

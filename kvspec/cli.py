@@ -1,133 +1,465 @@
 """The ``kvspec`` command line. The only module that prints; everything else returns objects.
 
     kvspec prove   [--policy P]... [--invariant I]... [--json] [--export DIR] [--details]
+                   [--max-depth N] [--timeout SECONDS] [--bmc2-depth N]
     kvspec walk    [--policy P] [--steps N] [--seed S] [--export DIR] [--json]
     kvspec replay  TRACE [--impl module:factory] [--render table|path|program|jsonl]
-    kvspec check   --impl module:factory [--policy P] [--examples N] [--seed S]
-    kvspec explore [--impl module:factory] [--policy P] [--requests N] [--max-depth D]
+    kvspec check   --impl module:factory [--policy P] [--examples N] [--seed S] [--export DIR]
+                   [--hypothesis-dir DIR]
+    kvspec explore [--impl module:factory] [--policy P] [--requests N] [--gpu-pages G]
+                   [--max-depth D]
 
 Exit codes: 0 done (``prove`` and ``walk`` report verdicts, they do not fail on a refuted
-cell), 1 a check or replay found a divergence, 2 bad input.
+cell), 1 a check or replay found a divergence, 2 bad input (one line on stderr, ``kvspec:
+error: ...``), 3 ``prove`` left some cell UNKNOWN, 130 interrupted (partial results first).
+Progress bars go to stderr, only when it is a terminal and ``--quiet`` is not given. Nothing
+heavy (z3, torch, hypothesis, tqdm) is imported until a command needs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
+from kvspec import version
 from kvspec.config import Config
-from kvspec.errors import KVSpecError
+from kvspec.errors import InvalidArgument, KVSpecError
 from kvspec.policy import DEFAULT_PRESETS, PRESETS, get_policy
 
 DEFAULT_IMPL = "kvspec.conformance.impls:reference"
 
+EXIT_OK = 0
+EXIT_DIVERGED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNKNOWN = 3
+EXIT_INTERRUPTED = 130
+
+EXPLORE_MAX_REQUESTS = 2
+EXPLORE_MAX_GPU_PAGES = 4
+"""``kvspec explore`` bounds (conformance.exhaustive.SMALL_SCOPE), checked when parsing."""
+
+_T = TypeVar("_T")
+
+
+class UsageError(Exception):
+    """A command-line usage error (argparse's, or ours at parse time); printed as one line."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
+    """Run the CLI; returns the exit code (0, 1, 2, 3 or 130; see the module docstring)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return EXIT_OK
+    except Exception as exc:
+        if _is_interrupt(exc):  # e.g. z3's ctypes call: ArgumentError wrapping the interrupt
+            return _interrupted()
+        raise
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parse(parser, argv)
+    except UsageError as exc:
+        return _error(str(exc))
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     if not getattr(args, "command", None):
         parser.print_help()
-        return 2
+        return EXIT_BAD_INPUT
     try:
         return int(args.run(args))
     except KVSpecError as exc:
-        print(f"kvspec: error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        return 0
+        return _error(str(exc))
+    except BrokenPipeError:
+        raise
     except OSError as exc:
-        print(f"kvspec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-              file=sys.stderr)
-        return 2
+        return _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+
+def _error(message: str) -> int:
+    """Print ``kvspec: error: message`` as one line on stderr; the bad-input exit code."""
+    print(f"kvspec: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _interrupted() -> int:
+    print("kvspec: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """True when ``exc`` is ctypes' wrapping of a KeyboardInterrupt (raised while z3 was in a
+    ctypes call: ``ArgumentError: argument 1: KeyboardInterrupt``). Nothing else is: a bug
+    in an interrupt handler keeps its traceback."""
+    return type(exc).__name__ == "ArgumentError" and (
+        isinstance(exc.__context__, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc))
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise :class:`UsageError` (one line, exit 2, printed
+    by :func:`main` with the one ``kvspec: error:`` prefix) instead of printing the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{_command_of(self.prog)}{message}; see '{self.prog} --help'")
+
+
+def _command_of(prog: str) -> str:
+    """``"prove: "`` for the parser ``kvspec prove``, ``""`` for the top level."""
+    words = prog.split()
+    return f"{' '.join(words[1:])}: " if len(words) > 1 else ""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions and epilogs wrapped paragraph by paragraph (blank lines kept); the help
+    column wide enough for the option names."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(super(_Formatter, self)._fill_text(par, width, indent)
+                           for par in text.split("\n\n"))
+
+
+class _Version(argparse.Action):
+    """``--version``: read from the installed distribution only when asked (start-up)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"kvspec {version()}")
+        parser.exit()
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; an unknown option is reported by the subcommand it was given to, with the
+    closest known option."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(words)
+    if extra:
+        command = getattr(args, "command", None) or ""
+        given_before = command in words and words.index(extra[0]) < words.index(command)
+        sub = parser if given_before else _subparsers(parser).get(command, parser)
+        known = [o for a in sub._actions for o in a.option_strings]
+        hint = ""
+        for word in extra:
+            close = difflib.get_close_matches(word.split("=")[0], known, n=1)
+            if word.startswith("-") and close:
+                hint = f" (did you mean {close[0]}?)"
+                break
+        sub.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return dict(a.choices)
+    return {}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kvspec", description="Model, proofs and conformance checks for the KV-capacity "
-        "protocol of LLM-serving KV-cache managers.")
-    sub = p.add_subparsers(dest="command")
+    p = _Parser(
+        prog="kvspec", formatter_class=_Formatter,
+        description="Model, proofs and conformance checks for the KV-capacity protocol of "
+        "LLM-serving KV-cache managers.",
+        epilog="exit codes: 0 done, 1 a check or replay diverged, 2 bad input, 3 prove left a "
+        "cell UNKNOWN, 130 interrupted.\n\nRun 'kvspec COMMAND --help' for a command's options.")
+    p.add_argument("--version", action=_Version, help="print the version and exit")
+    p.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
+                   help="no progress bars (they are drawn only when stderr is a terminal)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    pr = sub.add_parser("prove", help="decide the policy x invariant matrix with z3")
-    pr.add_argument("--policy", action="append", metavar="P",
-                    help=f"a preset (repeatable); default all: {', '.join(PRESETS)}")
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=description, formatter_class=_Formatter)
+        return c
+
+    def quiet(c: argparse.ArgumentParser) -> None:
+        c.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bar (drawn only when stderr is a terminal)")
+
+    pr = command(
+        "prove", "decide the policy x invariant matrix with z3",
+        "Decide every (policy, invariant) cell with z3: PROVED (by induction, for any "
+        "tokens_per_block, pool size and number of requests, cross-checked by a 2-request "
+        "bounded model check), REFUTED (the shortest counterexample, as a replayable trace) "
+        "or UNKNOWN (the solver gave up or ran out of time: raise --timeout).\n\n"
+        "exit codes: 0 every cell decided, 2 bad input, 3 some cell UNKNOWN, 130 interrupted "
+        "(the cells decided so far are printed).")
+    pr.add_argument("--policy", action="append", metavar="P", type=_policy_name,
+                    help=f"a preset (repeatable); default: all of {', '.join(PRESETS)}")
     pr.add_argument("--invariant", action="append", metavar="I",
-                    help="an invariant id or name (repeatable); default all")
+                    help="an invariant id or name (repeatable); default: all")
     pr.add_argument("--json", action="store_true", help="print the matrix as JSON")
-    pr.add_argument("--export", metavar="DIR", help="write each counterexample as JSON lines")
+    pr.add_argument("--export", metavar="DIR",
+                    help="write each counterexample to DIR/<policy>__<invariant>.jsonl "
+                    "(checked writable before the proof starts); default: none")
     pr.add_argument("--details", action="store_true",
                     help="print each counterexample as numbered steps: the fields each step "
                     "changed and the state after it")
-    pr.add_argument("--max-depth", type=_positive, default=14, help="BMC depth (default 14)")
+    pr.add_argument("--max-depth", type=_positive, default=14, metavar="N",
+                    help="BMC depth of the counterexample search (default: %(default)s)")
+    pr.add_argument("--timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                    help="z3 time limit per proof phase of a cell; a phase that runs out makes "
+                    "the cell UNKNOWN (default: %(default)s)")
+    pr.add_argument("--bmc2-depth", type=_positive, default=4, metavar="N",
+                    help="depth of the 2-request bounded model check run on every PROVED cell "
+                    "(default: %(default)s)")
+    quiet(pr)
     pr.set_defaults(run=_prove)
 
-    wk = sub.add_parser("walk", help="seeded random walks over the model (the volume tier)")
-    wk.add_argument("--policy", default="pr13805-reviewed")
-    wk.add_argument("--steps", type=_positive, default=50_000)
-    wk.add_argument("--seed", type=int, default=0)
-    wk.add_argument("--export", metavar="DIR")
-    wk.add_argument("--json", action="store_true")
+    wk = command(
+        "walk", "seeded random walks over the model (the volume tier)",
+        "Seeded random walks over the model (walks of 60 steps from the initial state), "
+        "invariants checked after every step; the first counterexample of each invariant is "
+        "shrunk and reported. Reports verdicts: exit 0 whether or not something was refuted, "
+        "130 when interrupted (the partial summary is printed).")
+    wk.add_argument("--policy", default="pr13805-reviewed", type=_policy_name, metavar="P",
+                    help="the policy preset (default: %(default)s)")
+    wk.add_argument("--steps", type=_positive, default=50_000, metavar="N",
+                    help="model steps in total (default: %(default)s)")
+    wk.add_argument("--seed", type=_integer, default=0, metavar="S",
+                    help="random seed; same seed, same walks (default: %(default)s)")
+    wk.add_argument("--export", metavar="DIR",
+                    help="write each counterexample to DIR/walk-<policy>__<invariant>.jsonl "
+                    "(checked writable before the walk starts); default: none")
+    wk.add_argument("--json", action="store_true", help="print the summary as JSON")
+    quiet(wk)
     wk.set_defaults(run=_walk)
 
-    rp = sub.add_parser("replay", help="replay a trace on the model or an implementation")
-    rp.add_argument("trace", help="a JSON-lines trace written by prove, walk or check")
+    rp = command(
+        "replay", "replay a trace on the model or an implementation",
+        "Replay a JSON-lines trace (written by prove, walk or check --export) on the model, "
+        "and with --impl also on an implementation, compared after every step. Exit 1 when "
+        "the implementation diverges.")
+    rp.add_argument("trace", type=_trace_file, metavar="TRACE",
+                    help="a JSON-lines trace written by prove, walk or check --export")
     rp.add_argument("--impl", metavar="MODULE:FACTORY",
                     help="also replay on an implementation (e.g. " + DEFAULT_IMPL + ")")
-    rp.add_argument("--render", choices=("table", "path", "program", "jsonl"), default="table")
+    rp.add_argument("--render", choices=("table", "path", "program", "jsonl"), default="table",
+                    help="how to print the trace (default: %(default)s)")
     rp.set_defaults(run=_replay)
 
-    ck = sub.add_parser("check", help="lockstep an implementation against the model")
-    ck.add_argument("--impl", required=True, metavar="MODULE:FACTORY")
-    ck.add_argument("--policy", default="pr13805-reviewed")
-    ck.add_argument("--examples", type=_positive, default=100)
-    ck.add_argument("--seed", type=int, default=0)
+    ck = command(
+        "check", "lockstep an implementation against the model",
+        "Run an implementation and the model side by side, compared after every step: the "
+        "walker tier (seeded walks, configs cycled through conformance.check.DEFAULT_CONFIGS) "
+        "then the hypothesis tier (a generated state machine). The first divergence is shrunk "
+        "and reported; exit 1. Hypothesis keeps no example database unless --hypothesis-dir "
+        "is given, and writes nothing to the current folder.")
+    ck.add_argument("--impl", required=True, metavar="MODULE:FACTORY",
+                    help="the factory(config, policy) -> manager to check, e.g. " + DEFAULT_IMPL
+                    + " (see docs/conformance.md); required")
+    ck.add_argument("--policy", default="pr13805-reviewed", type=_policy_name, metavar="P",
+                    help="the policy preset (default: %(default)s)")
+    ck.add_argument("--examples", type=_positive, default=100, metavar="N",
+                    help="walker walks of 60 steps; the hypothesis tier runs N/5 examples "
+                    "(default: %(default)s)")
+    ck.add_argument("--seed", type=_integer, default=0, metavar="S",
+                    help="seeds both tiers (default: %(default)s)")
+    ck.add_argument("--export", metavar="DIR",
+                    help="write the shrunk divergence to DIR/check-<policy>.jsonl, replayable "
+                    "with 'kvspec replay FILE --impl SAME' (checked writable before the check "
+                    "starts); default: none")
+    ck.add_argument("--hypothesis-dir", metavar="DIR",
+                    help="keep hypothesis's example database in DIR (earlier failures are "
+                    "replayed first); default: none, no database (hypothesis's own cache goes "
+                    "under $KVSPEC_CACHE_DIR, default ~/.cache/kvspec)")
+    quiet(ck)
     ck.set_defaults(run=_check)
 
-    ex = sub.add_parser("explore", help="small-scope exhaustive BFS replayed on an implementation")
-    ex.add_argument("--impl", default=DEFAULT_IMPL, metavar="MODULE:FACTORY")
-    ex.add_argument("--policy", default="pr13805-reviewed")
-    ex.add_argument("--requests", type=_positive, default=1)
-    ex.add_argument("--gpu-pages", type=_positive, default=2)
-    ex.add_argument("--max-depth", type=_positive, default=1000)
+    ex = command(
+        "explore", "small-scope exhaustive BFS replayed on an implementation",
+        "Enumerate every reachable model state of a small config breadth-first (tokens per "
+        "block 2, 1 host page, prompts <= 2, draft <= 1), keep one shortest behaviour per "
+        "state and replay every behaviour on the implementation. Exit 1 on a divergence, 130 "
+        "when interrupted (the partial summary is printed). Larger configs: kvspec check.")
+    ex.add_argument("--impl", default=DEFAULT_IMPL, metavar="MODULE:FACTORY",
+                    help="the factory(config, policy) -> manager to replay on "
+                    "(default: %(default)s)")
+    ex.add_argument("--policy", default="pr13805-reviewed", type=_policy_name, metavar="P",
+                    help="the policy preset (default: %(default)s)")
+    ex.add_argument("--requests", type=_bounded(EXPLORE_MAX_REQUESTS, "requests"), default=1,
+                    metavar="N", help=f"request slots, 1 to {EXPLORE_MAX_REQUESTS}; 2 takes "
+                    "minutes (default: %(default)s)")
+    ex.add_argument("--gpu-pages", type=_bounded(EXPLORE_MAX_GPU_PAGES, "GPU pages"), default=2,
+                    metavar="G",
+                    help=f"GPU pool pages, 1 to {EXPLORE_MAX_GPU_PAGES} (default: %(default)s)")
+    ex.add_argument("--max-depth", type=_positive, default=1000, metavar="D",
+                    help="stop the BFS at this depth; the result then says BOUNDED "
+                    "(default: %(default)s)")
+    quiet(ex)
     ex.set_defaults(run=_explore)
     return p
 
 
-def _positive(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _positive(text: str) -> int:
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return value
+
+
+def _bounded(hi: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _positive(text)
+        if value > hi:
+            raise argparse.ArgumentTypeError(
+                f"{value} {what} is beyond explore's small scope (at most {hi}); use "
+                "'kvspec check' (random walks) for larger configs")
+        return value
+    return parse
+
+
+def _policy_name(text: str) -> str:
+    try:
+        return get_policy(text).name
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _trace_file(text: str) -> str:
+    """A trace path that names a readable file (checked before any work)."""
+    p = Path(text)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; expected a trace file (.jsonl)")
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"trace file {text!r} does not exist")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot read trace file {text!r}: {exc.strerror or exc}") from None
+    return text
+
+
+def writable_dir(path: str | None, option: str) -> Path | None:
+    """Create ``path`` (a folder) and check a file can be written in it, before long work.
+
+    Raises:
+        InvalidArgument: ``path`` is a file, lies under a file, or cannot be written.
+    """
+    if path is None:
+        return None
+    import tempfile
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InvalidArgument(f"{option} {path!r} is a file; expected a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        raise InvalidArgument(
+            f"{option} {path!r}: cannot write there ({exc.strerror or exc})") from None
+    return p
+
+
+def _dedup(items: Iterable[_T], key: Callable[[_T], Hashable] = lambda x: x) -> list[_T]:
+    """``items`` without repeats (by ``key``), first occurrence kept, order kept."""
+    seen: set[Hashable] = set()
+    out = []
+    for x in items:
+        k = key(x)
+        if k not in seen:
+            seen.add(k)
+            out.append(x)
+    return out
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False) or getattr(args, "quiet_all", False))
+
+
+def _bar_off(args: argparse.Namespace) -> bool:
+    return _quiet(args) or not sys.stderr.isatty()
+
+
+def _bar(args: argparse.Namespace, **kw: Any) -> Any:
+    """A tqdm progress bar on stderr, or None when stderr is not a terminal or --quiet."""
+    if _bar_off(args):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, leave=False, dynamic_ncols=True, **kw)
+
+
 def _prove(args: argparse.Namespace) -> int:
     from kvspec.spec.invariants import PROPERTIES, get_property
+
+    policies = _dedup(get_policy(n) for n in (args.policy or DEFAULT_PRESETS))
+    props = (_dedup((get_property(n) for n in args.invariant), key=lambda p: p.id)
+             if args.invariant else list(PROPERTIES))
+    export = writable_dir(args.export, "--export")  # before the proof, not after it
+
     from kvspec.spec.prove import prove_matrix
 
-    policies = [get_policy(n) for n in (args.policy or DEFAULT_PRESETS)]
-    props = [get_property(n) for n in args.invariant] if args.invariant else list(PROPERTIES)
-    mat = prove_matrix(Config(), policies, props, max_depth=args.max_depth)
+    bar = _bar(args, total=len(policies) * len(props), unit="cell", desc="prove")
+
+    def on_cell(v: Any) -> None:
+        bar.set_postfix_str(f"{v.policy} {v.invariant}: {v.status.lower()}", refresh=False)
+        bar.update(1)
+
+    try:
+        mat = prove_matrix(Config(), policies, props, max_depth=args.max_depth,
+                           timeout=args.timeout, bmc2_depth=args.bmc2_depth,
+                           on_cell=None if bar is None else on_cell)
+    finally:
+        if bar is not None:
+            bar.close()
     exported: dict[tuple[str, str], Path] = {}
-    if args.export:
+    if export is not None:
         for (pol, inv), v in mat.cells.items():
             if v.trace is not None:
-                exported[(pol, inv)] = v.trace.save(Path(args.export) / f"{pol}__{inv}.jsonl")
+                exported[(pol, inv)] = v.trace.save(export / f"{pol}__{inv}.jsonl")
+    cells = list(mat.cells.values())
+    unknown = [v for v in cells if v.status == "UNKNOWN"]
+    interrupted = bool(getattr(mat, "interrupted", False))
+    rc = EXIT_INTERRUPTED if interrupted else EXIT_UNKNOWN if unknown else EXIT_OK
     if args.json:
         out = mat.to_json()
+        out["interrupted"] = interrupted
         for cell in out["cells"]:
             path = exported.get((cell["policy"], cell["invariant"]))
             cell["trace_file"] = None if path is None else str(path)
         print(json.dumps(out, indent=2))
-        return 0
+        return _interrupted() if interrupted else rc
     print(render_matrix(mat))
     for (pol, inv), v in mat.cells.items():
         if v.trace is None:
@@ -137,95 +469,202 @@ def _prove(args: argparse.Namespace) -> int:
         if args.details:
             print(v.trace.table())
             print()
-    unknown = [v for v in mat.cells.values() if v.status == "UNKNOWN"]
     for v in unknown:
         print(f'Unknown "{v.invariant}" under {v.policy}: {v.reason}')
-    print(f"Done. cells={len(mat.cells)} proved="
-          f"{sum(v.status == 'PROVED' for v in mat.cells.values())} refuted="
-          f"{sum(v.status == 'REFUTED' for v in mat.cells.values())} unknown={len(unknown)} "
-          f"sec={mat.seconds:.2f}")
-    return 0
+    undecided = len(mat.policies) * len(mat.properties) - sum(
+        v.status in ("PROVED", "REFUTED", "UNKNOWN") for v in cells)
+    print(f"Done. cells={len(mat.policies) * len(mat.properties)} proved="
+          f"{sum(v.status == 'PROVED' for v in cells)} refuted="
+          f"{sum(v.status == 'REFUTED' for v in cells)} unknown={len(unknown)}"
+          + (f" interrupted={undecided}" if interrupted else "") + f" sec={mat.seconds:.2f}")
+    if unknown:
+        print("UNKNOWN: the solver could not decide; raise --timeout (now "
+              f"{args.timeout:g} s) or see the reason above.")
+    return _interrupted() if interrupted else rc
+
+
+MATRIX_CELL_TEXT = {"REFUTED": "CEX[{length}]", "UNKNOWN": "unknown",
+                    "INTERRUPTED": "interrupted"}
+"""How :func:`render_matrix` shows each status (PROVED: ``proved`` or ``proved(k=K)``)."""
 
 
 def render_matrix(mat: Any) -> str:
-    """The policy x invariant table: PROVED (k), REFUTED with its length, or UNKNOWN."""
+    """The policy x invariant table: ``proved`` (``proved(k=K)`` by k-induction),
+    ``CEX[n]``, ``unknown``, or ``interrupted`` (a cell not decided before an interrupt)."""
     width = max(len(p) for p in mat.policies) + 2
-    cols = [max(len(i), 7) for i in mat.properties]
+    cols = [max(len(i), len("interrupted")) for i in mat.properties]
     head = "policy".ljust(width) + "  ".join(i.ljust(c) for i, c in zip(mat.properties, cols))
     lines = [head, "-" * len(head)]
     for pol in mat.policies:
         cells = []
         for inv, c in zip(mat.properties, cols):
-            v = mat.get(pol, inv)
-            text = {"PROVED": "proved" if v.k <= 1 else f"proved(k={v.k})",
-                    "REFUTED": f"CEX[{v.length}]", "UNKNOWN": "unknown"}[v.status]
+            v = mat.cells.get((pol, inv))
+            if v is None:
+                text = "interrupted"
+            elif v.status == "PROVED":
+                k = getattr(v, "k", 0) or 0
+                text = "proved" if k <= 1 else f"proved(k={k})"
+            else:
+                text = MATRIX_CELL_TEXT.get(v.status, v.status.lower()).format(length=v.length)
             cells.append(text.ljust(c))
-        lines.append(pol.ljust(width) + "  ".join(cells))
+        lines.append((pol.ljust(width) + "  ".join(cells)).rstrip())
     return "\n".join(lines)
 
 
 def _walk(args: argparse.Namespace) -> int:
+    policy = get_policy(args.policy)
+    export = writable_dir(args.export, "--export")  # before the walk, not after it
+
     from kvspec.spec.walker import walk
 
-    res = walk(Config(), get_policy(args.policy), steps=args.steps, seed=args.seed)
+    bar = _bar(args, total=args.steps, unit="step", unit_scale=True, desc="walk")
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        res = walk(Config(), policy, steps=args.steps, seed=args.seed,
+                   progress=None if bar is None else progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    interrupted = bool(getattr(res, "interrupted", False))
     paths = {}
-    if args.export:
+    if export is not None:
         for pid, tr in res.counterexamples.items():
-            paths[pid] = str(tr.save(Path(args.export) / f"walk-{args.policy}__{pid}.jsonl"))
+            paths[pid] = str(tr.save(export / f"walk-{args.policy}__{pid}.jsonl"))
     if args.json:
         print(json.dumps({
-            "policy": args.policy, "steps": res.steps, "seconds": round(res.seconds, 3),
+            "policy": args.policy, "steps": res.steps, "steps_requested": args.steps,
+            "seed": args.seed, "interrupted": interrupted, "seconds": round(res.seconds, 3),
             "steps_per_second": round(res.steps_per_second), "witnesses": dict(res.witnesses),
             "actions": dict(res.actions),
             "counterexamples": {k: {"length": len(t), "path": t.path(), "file": paths.get(k)}
                                 for k, t in res.counterexamples.items()}}, indent=2))
-        return 0
-    print(f"Walked. policy={args.policy} steps={res.steps} sec={res.seconds:.2f} "
-          f"steps/s={res.steps_per_second:,.0f}")
+        return _interrupted() if interrupted else EXIT_OK
+    print(f"Walked. policy={args.policy} seed={args.seed} steps={res.steps}"
+          + (f" of {args.steps} (interrupted)" if interrupted else "")
+          + f" sec={res.seconds:.2f} steps/s={res.steps_per_second:,.0f}")
     print("witnesses: " + ", ".join(f"{k}={v}" for k, v in sorted(res.witnesses.items())))
     for pid, tr in res.counterexamples.items():
         print(f'Refuted "{pid}" {tr.path()}' + (f"  -> {paths[pid]}" if pid in paths else ""))
     if not res.counterexamples:
-        print("No violation found.")
-    return 0
+        print("No violation found" + (" in the steps walked." if interrupted else "."))
+    return _interrupted() if interrupted else EXIT_OK
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from kvspec.spec.trace import Trace, replay
+    """The rendering alone on stdout (redirected JSONL replays, a rendered program runs); the
+    report on stderr: the trace, policy, full config, what the model does, the check of each
+    step's result and digest and of the header's claim, then the --impl replay. Exit 1 on a
+    mismatch, an unreached claim or an implementation that does not agree; 2 on bad input,
+    reported before anything is printed."""
+    from kvspec.spec.trace import Trace, verify_trace
 
-    trace = Trace.load(args.trace)
-    rep = replay(trace)
+    trace = Trace.load(args.trace)  # every field validated: InvalidArgument, exit 2
+    factory = None
+    if args.impl:
+        from kvspec.conformance.adapter import make_manager, resolve_factory
+
+        if trace.abstract_rest:
+            raise InvalidArgument(
+                f"--impl: trace {args.trace!r} uses the proofs' one-request-versus-the-rest "
+                "abstraction (abstract_rest: true); it replays on the model only; drop --impl")
+        factory = resolve_factory(args.impl)
+        make_manager(factory, trace.config, trace.policy)  # a factory that raises: exit 2
+    check = verify_trace(trace)
     rendered = {"table": trace.table, "path": trace.path, "program": trace.program,
                 "jsonl": trace.to_jsonl}[args.render]()
     print(rendered.rstrip("\n"))
-    first = rep.first_violation()
-    print(f"Model: {'violates ' + ', '.join(rep.final_violations) if first else 'no violation'}"
-          + (f" (first at step {first})" if first else ""))
-    if args.impl:
+    sys.stdout.flush()
+    print(check.render(args.trace), file=sys.stderr)
+    code = EXIT_OK if check.ok else EXIT_DIVERGED
+    if factory is not None:
         from kvspec.conformance.replay import replay_on_impl
 
-        impl = replay_on_impl(trace, args.impl)
-        print(impl.render())
-        return 0 if impl.same_violation else 1
-    return 0
+        if not check.replays:
+            print(f"Implementation {args.impl}: not replayed: the model refuses step "
+                  f"{check.refused} of the trace", file=sys.stderr)
+            return EXIT_DIVERGED
+        impl = replay_on_impl(trace, factory, impl_name=args.impl)
+        print(impl.render(context=False), file=sys.stderr)
+        if not impl.same_violation:
+            code = EXIT_DIVERGED
+    return code
 
 
 def _check(args: argparse.Namespace) -> int:
+    export = writable_dir(args.export, "--export")  # before the check, not after it
+    hyp_dir = writable_dir(args.hypothesis_dir, "--hypothesis-dir")
+
+    from kvspec.conformance.adapter import make_manager, resolve_factory
     from kvspec.conformance.check import run_check
 
-    report = run_check(args.impl, args.policy, examples=args.examples, seed=args.seed)
+    # a bad --impl, or a factory that raises, is reported before any work
+    make_manager(resolve_factory(args.impl), Config(), get_policy(args.policy))
+    bars: dict[str, Any] = {}  # one bar per tier, the previous one closed
+
+    def progress(tier: str, done: int, total: int) -> None:
+        if tier not in bars:
+            for b in bars.values():
+                b.close()
+            bars[tier] = _bar(args, total=total, unit="run", desc=tier)
+        bar = bars[tier]
+        bar.update(done - bar.n)
+
+    try:
+        report = run_check(args.impl, args.policy, examples=args.examples, seed=args.seed,
+                           hypothesis_dir=hyp_dir,
+                           progress=None if _bar_off(args) else progress)
+    finally:
+        for b in bars.values():
+            b.close()
     print(report.render())
-    return 0 if report.ok else 1
+    div = report.divergence
+    if div is not None and export is not None:
+        path = div.trace.save(export / f"check-{args.policy}.jsonl")
+        print(f"Divergence trace -> {path}  (kvspec replay {path} --impl {args.impl})")
+    if getattr(report, "interrupted", False):
+        return _interrupted()
+    return EXIT_OK if report.ok else EXIT_DIVERGED
 
 
 def _explore(args: argparse.Namespace) -> int:
+    from kvspec.conformance.adapter import make_manager, resolve_factory
     from kvspec.conformance.exhaustive import explore
 
+    policy = get_policy(args.policy)
     config = Config(num_requests=args.requests, num_gpu_pages=args.gpu_pages, num_host_pages=1,
                     max_prompt_len=2, max_draft_len=1, tokens_per_block=2)
-    res = explore(args.impl, get_policy(args.policy), config, max_depth=args.max_depth)
+    factory = resolve_factory(args.impl)
+    make_manager(factory, config, policy)  # a factory that raises fails before the BFS
+    bars: dict[str, Any] = {}  # "bfs": states found (depth shown), then "replay": leaf paths
+
+    def progress(states: int, depth: int) -> None:
+        bar = bars.setdefault("bfs", _bar(args, unit="state", unit_scale=True, desc="explore"))
+        bar.set_postfix_str(f"depth {depth}", refresh=False)
+        bar.update(states - bar.n)
+
+    def replay_progress(done: int, total: int) -> None:
+        if "replay" not in bars:
+            if "bfs" in bars:
+                bars["bfs"].close()
+            bars["replay"] = _bar(args, total=total, unit="path", desc="replay")
+        bar = bars["replay"]
+        bar.update(done - bar.n)
+
+    off = _bar_off(args)
+    try:
+        res = explore(factory, policy, config, max_depth=args.max_depth, impl_name=args.impl,
+                      progress=None if off else progress,
+                      replay_progress=None if off else replay_progress)
+    finally:
+        for b in bars.values():
+            b.close()
     print(res.render())
-    return 0 if res.ok else 1
+    if getattr(res, "interrupted", False):
+        return _interrupted()
+    return EXIT_OK if res.ok else EXIT_DIVERGED
 
 
 if __name__ == "__main__":  # pragma: no cover
