@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sample_traces import HOLD, HOLD_TRACE
 
 from kvspec.cli import main
 from kvspec.config import Config
@@ -20,14 +21,7 @@ from kvspec.policy import get_policy
 from kvspec.spec.machine import PropertyViolated
 from kvspec.spec.trace import Step, Trace, verify_trace, with_digests
 
-HOLD = (  # pr14849: a deferred context request keeps its growth (NO-DEFERRED-HOLD, 5 steps)
-    Step("arrive", 0, {"prompt_len": 1, "chunk_size": 1, "draft_len": 0}),
-    Step("prepare_context", 0),
-    Step("resize_context", 0),
-    Step("decide", 0, {"wait": True, "can_queue": True}),
-    Step("end_iteration", 0),
-)
-CEX = with_digests(Trace(get_policy("pr14849"), Config(), HOLD, source="hand"))
+CEX = HOLD_TRACE
 CUT = dataclasses.replace(CEX, steps=CEX.steps[:2])  # header still claims NO-DEFERRED-HOLD
 
 

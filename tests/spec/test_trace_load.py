@@ -12,20 +12,14 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sample_traces import HOLD, HOLD_TRACE
 
 from kvspec.config import Config
 from kvspec.errors import InvalidArgument, KVSpecError
 from kvspec.policy import get_policy
 from kvspec.spec.trace import Step, Trace, verify_trace, with_digests
 
-HOLD = (  # pr14849: a deferred context request keeps its growth (NO-DEFERRED-HOLD, 5 steps)
-    Step("arrive", 0, {"prompt_len": 1, "chunk_size": 1, "draft_len": 0}),
-    Step("prepare_context", 0),
-    Step("resize_context", 0),
-    Step("decide", 0, {"wait": True, "can_queue": True}),
-    Step("end_iteration", 0),
-)
-TRACE = with_digests(Trace(get_policy("pr14849"), Config(), HOLD, source="hand"))
+TRACE = HOLD_TRACE
 TEXT = TRACE.to_jsonl()
 LINES = TEXT.splitlines()
 
