@@ -1,22 +1,27 @@
 """Conformance throughput: lockstep model + reference steps/s (walker and hypothesis tiers)
 and small-scope exhaustive BFS (states, behaviours, time).
 
-    python benchmarks/bench_conformance.py [--json PATH] [--walks N] [--policy P]
+    python benchmarks/bench_conformance.py [--json PATH] [--walks N] [--repeats R]
+        [--policy P] [--clock cpu|wall]
+
+Lockstep walks (model + reference, the walker tier's loop) with structural checks on and off
+are compared interleaved (``interleave.py``): ``repeats`` blocks of ``walks/repeats`` walks
+of 60 sampled steps each, the same seeds for both, order flipped every repeat; steps/s from
+the median time per step, and the paired on/off cost ratio with its spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import sys
-import time
+
+from interleave import CLOCKS, machine_info, run_interleaved
 
 from kvspec.config import Config
 from kvspec.conformance import impls
-from kvspec.conformance.check import hypothesis_tier, walk
+from kvspec.conformance.check import hypothesis_tier
 from kvspec.conformance.exhaustive import explore
 from kvspec.conformance.lockstep import Lockstep
 from kvspec.conformance.walker import Sampler
@@ -26,32 +31,45 @@ from kvspec.policy import get_policy
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", default=None, help="write results to this path")
-    ap.add_argument("--walks", type=int, default=200, help="walker walks of 60 steps")
+    ap.add_argument("--walks", type=int, default=240,
+                    help="walker walks of 60 steps per variant, split over the repeats")
+    ap.add_argument("--repeats", type=int, default=8, help="interleaved blocks per variant")
     ap.add_argument("--hypothesis-examples", type=int, default=50)
     ap.add_argument("--policy", default="pr13805-reviewed")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                    help="cpu: the thread's CPU time (robust on a loaded machine), or wall")
     a = ap.parse_args(argv)
     pol = get_policy(a.policy)
-    out: dict[str, object] = {"nproc": os.cpu_count(), "python": sys.version.split()[0],
-                              "platform": platform.platform(), "policy": pol.name}
-    for label, cfg in (("default", Config()),):
-        w = walk(impls.reference, (cfg,), pol, walks=a.walks, seed=0)
-        out[f"walker_{label}"] = {"steps": w.steps, "seconds": round(w.seconds, 3),
-                                  "steps_per_s": round(w.steps_per_second)}
-    t0 = time.perf_counter()
-    ls = Lockstep(impls.reference, Config(), pol, check_structure=False)
-    smp = Sampler(ls.model, random.Random(0))
-    n = 0
-    for _ in range(a.walks * 60):
-        if n % 60 == 0:
-            ls = Lockstep(impls.reference, Config(), pol, check_structure=False)
-            smp = Sampler(ls.model, random.Random(n))
-        step = smp.draw(ls.state)
-        assert step is not None
-        assert ls.step(*step) is None
-        n += 1
-    dt = time.perf_counter() - t0
-    out["walker_no_structure"] = {"steps": n, "seconds": round(dt, 3),
-                                  "steps_per_s": round(n / dt)}
+    now = CLOCKS[a.clock]
+    out: dict[str, object] = {"machine": machine_info(), "policy": pol.name,
+                              "command": " ".join(["python", *sys.argv]), "clock": a.clock}
+    per_block = max(1, a.walks // a.repeats)
+    seeds = {True: 0, False: 0}
+
+    def lockstep_block(check_structure: bool) -> float:
+        """``per_block`` walks of 60 sampled steps in lockstep; seconds per step."""
+        n = 0
+        t0 = now()
+        for k in range(per_block):
+            ls = Lockstep(impls.reference, Config(), pol, check_structure=check_structure)
+            smp = Sampler(ls.model, random.Random(seeds[check_structure] * 1_000 + k))
+            for _ in range(60):
+                step = smp.draw(ls.state)
+                assert step is not None
+                assert ls.step(*step) is None
+                n += 1
+        dt = now() - t0
+        seeds[check_structure] += 1
+        return dt / n
+
+    res = run_interleaved({"structure_on": lambda: lockstep_block(True),
+                           "structure_off": lambda: lockstep_block(False)}, a.repeats,
+                          clock=a.clock)
+    out["walker_default"] = {"steps_per_s": round(1 / res.median("structure_on")),
+                             "steps": per_block * 60 * a.repeats}
+    out["walker_no_structure"] = {"steps_per_s": round(1 / res.median("structure_off")),
+                                  "steps": per_block * 60 * a.repeats}
+    out["walker_interleaved"] = res.to_json([("structure_on", "structure_off")])
     h = hypothesis_tier(impls.reference, Config(), pol, examples=a.hypothesis_examples, seed=0)
     out["hypothesis"] = {"steps": h.steps, "seconds": round(h.seconds, 3),
                          "steps_per_s": round(h.steps_per_second)}

@@ -9,15 +9,18 @@ reports control bytes shipped host->device per iteration against vLLM v1's full-
 (num_requests x table width x 4 B), and on CUDA the suspend/resume copy bandwidth as a
 fraction of raw pinned D2H/H2D bandwidth.
 
+All variants at one size run interleaved (``interleave.py``): every repeat runs one block
+of each variant, the order flipped every repeat, and each speed-up is the median of the
+paired ratios of blocks that ran side by side, with their spread (min-max).
+
 Usage: python benchmarks/bench_gpu.py [--device cpu|cuda] [--sizes 256 4096 16384]
-       [--repeats 5] [--block 8] [--json PATH]
+       [--repeats 6] [--block 8] [--clock cpu|wall] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import sys
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from interleave import machine_info, run_interleaved
 
 from kvspec.config import Config
 from kvspec.gpu_impl import GpuRequest, Manager
@@ -129,7 +133,8 @@ def _loop_iteration(m: Any, reqs: list[Any], acc: list[int]) -> None:
 
 def _time(fn: Callable[[], None], repeats: int, sync: Callable[[], None],
           block: int = 1) -> float:
-    """Median over ``repeats`` blocks of the mean time of one call over ``block`` calls."""
+    """Median over ``repeats`` blocks of the mean wall time of one call over ``block`` calls
+    (for the copy-bandwidth test only, which compares nothing)."""
     times = []
     for _ in range(repeats):
         sync()
@@ -141,54 +146,83 @@ def _time(fn: Callable[[], None], repeats: int, sync: Callable[[], None],
     return statistics.median(times)
 
 
-def bench_size(n: int, device: str, repeats: int, loop_limit: int,
-               block: int) -> dict[str, Any]:
-    """Medians over ``repeats`` blocks of ``block`` iterations of the time (seconds) of one
-    iteration, for each variant at ``n`` requests."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+VARIANTS = ("rows", "rows_permuted", "batched", "gpu_loop", "reference_loop")
+
+
+def bench_size(n: int, device: str, repeats: int, loop_limit: int, block: int,
+               clock: str = "wall") -> dict[str, Any]:
+    """Seconds per iteration of each variant at ``n`` requests, interleaved: every repeat
+    runs one block of ``block`` iterations of every variant (the torch per-request loop:
+    one iteration), in an order flipped every repeat; medians per variant and paired
+    speed-ups (reference loop over each batched variant, repeat by repeat)."""
+    sync = torch.cuda.synchronize if device == "cuda" else None
     rng = random.Random(n)
     acc = [rng.randint(0, DRAFT) for _ in range(n)]
     row: dict[str, Any] = {"num_requests": n}
+    # object batch API
     m, reqs = _setup_gpu(n, device)
-    _batched_iteration(m, reqs, acc)  # warm-up
-    before = m.h2d_bytes
-    row["batched_s"] = _time(lambda: _batched_iteration(m, reqs, acc), repeats, sync, block)
-    row["h2d_bytes_per_iter"] = (m.h2d_bytes - before) // (repeats * block)
-    row["vllm_full_row_bytes_per_iter"] = n * WIDTH * 4
-    m.check_integrity()
+    # row API, slots in order (a persistent batch)
     mr, rreqs_ = _setup_gpu(n, device)
     mr.load_requests(rreqs_)
     slots = np.arange(n, dtype=np.int64)
     draft = torch.full((n,), DRAFT, dtype=torch.int32, device=device)
     acc_t = torch.tensor(acc, dtype=torch.int32, device=device)
-    _rows_iteration(mr, slots, draft, acc_t)  # warm-up
-    m_ref, _ = _setup_gpu(n, device)
-    _batched_iteration(m_ref, _, acc)
-    assert mr.snapshot_state() == m_ref.snapshot_state(), "row API != object API"
-    row["rows_s"] = _time(lambda: _rows_iteration(mr, slots, draft, acc_t), repeats, sync,
-                          block)
-    mr.check_integrity()
-    # the same with the batch in a random slot order (gathers and scatters instead of slices)
+    _rows_iteration(mr, slots, draft, acc_t)
+    m_check, reqs_check = _setup_gpu(n, device)
+    _batched_iteration(m_check, reqs_check, acc)
+    assert mr.snapshot_state() == m_check.snapshot_state(), "row API != object API"
+    del m_check, reqs_check
+    _batched_iteration(m, reqs, acc)  # the same first iteration, so states stay in step
+    # row API, slots in a random order (gathers and scatters instead of slices)
     mp, preqs = _setup_gpu(n, device)
     mp.load_requests(preqs)
     perm = np.random.default_rng(n).permutation(n)
-    _rows_iteration(mp, perm, draft, acc_t)  # warm-up
-    row["rows_permuted_s"] = _time(lambda: _rows_iteration(mp, perm, draft, acc_t), repeats,
-                                   sync, block)
-    mp.check_integrity()
+    _rows_iteration(mp, perm, draft, acc_t)
+
+    def repeat(fn: Callable[[], None], k: int) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(k):
+                fn()
+        return run
+
+    calls = {"batched": 0}
+
+    def batched() -> None:
+        calls["batched"] += 1
+        _batched_iteration(m, reqs, acc)
+
+    variants: dict[str, Callable[[], float | None]] = {
+        "rows": repeat(lambda: _rows_iteration(mr, slots, draft, acc_t), block),
+        "rows_permuted": repeat(lambda: _rows_iteration(mp, perm, draft, acc_t), block),
+        "batched": repeat(batched, block)}
+    per = {"rows": block, "rows_permuted": block, "batched": block}
     if n <= loop_limit:
         m2, reqs2 = _setup_gpu(n, device)
-        row["gpu_loop_s"] = _time(lambda: _loop_iteration(m2, reqs2, acc),
-                                  max(1, repeats // 2), sync)
+        variants["gpu_loop"] = lambda: _loop_iteration(m2, reqs2, acc)
+        per["gpu_loop"] = 1
     if _reference_cls() is not None:
         ref, rreqs = _setup_reference(n)
-        row["reference_loop_s"] = _time(lambda: _loop_iteration(ref, rreqs, acc),
-                                        repeats, lambda: None, block)
-    for key in ("gpu_loop_s", "reference_loop_s"):
-        if key in row:
-            row[f"speedup_vs_{key[:-2]}"] = row[key] / row["batched_s"]
-            row[f"rows_speedup_vs_{key[:-2]}"] = row[key] / row["rows_s"]
-            row[f"rows_permuted_speedup_vs_{key[:-2]}"] = row[key] / row["rows_permuted_s"]
+        variants["reference_loop"] = repeat(lambda: _loop_iteration(ref, rreqs, acc), block)
+        per["reference_loop"] = block
+    before = m.h2d_bytes
+    res = run_interleaved(variants, repeats, warmup=1, per=per, sync=sync, clock=clock)
+    row["h2d_bytes_per_iter"] = (m.h2d_bytes - before) // calls["batched"]
+    row["vllm_full_row_bytes_per_iter"] = n * WIDTH * 4
+    for mm in (m, mr, mp):
+        mm.check_integrity()
+    for name in res.names:
+        row[f"{name}_s"] = res.median(name)
+    pairs = []
+    for base in ("gpu_loop", "reference_loop"):
+        if base not in res.names:
+            continue
+        for fast, key in (("batched", "speedup_vs"), ("rows", "rows_speedup_vs"),
+                          ("rows_permuted", "rows_permuted_speedup_vs")):
+            r = res.ratio(base, fast)
+            row[f"{key}_{base}"] = r.median
+            row[f"{key}_{base}_spread"] = r.to_json()
+            pairs.append((base, fast))
+    row["interleaved"] = res.to_json(pairs)
     return row
 
 
@@ -234,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 4096, 16384])
-    p.add_argument("--repeats", type=int, default=5, help="timed blocks per variant")
+    p.add_argument("--repeats", type=int, default=6,
+                   help="interleaved timed blocks per variant (even: balanced ABBA order)")
     p.add_argument("--block", type=int, default=8,
                    help="iterations per timed block (the block's mean is one sample)")
     p.add_argument("--loop-limit", type=int, default=4096,
@@ -244,32 +279,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1: small ops do not gain from OpenMP, and "
                    "spinning threads on a shared machine cost milliseconds)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default=None,
+                   help="wall (perf_counter) or cpu (the thread's CPU time: robust on a "
+                   "loaded machine, one torch thread only); default cpu on CPU, wall on CUDA")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
+    clock = args.clock or ("wall" if args.device == "cuda" else "cpu")
+    if args.device == "cuda" and clock != "wall":
+        print("error: --device cuda needs --clock wall (kernels run asynchronously)",
+              file=sys.stderr)
+        return 2
+    if clock == "cpu" and args.threads != 1:
+        print("error: --clock cpu counts the calling thread only; use --threads 1",
+              file=sys.stderr)
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": {**machine_info(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
+        "command": " ".join(["python", *sys.argv]), "clock": clock,
         "iteration": "grow all, revert half, grow half, trim all (generation, draft 2)",
         "sizes": []}
+
+    def x(row: dict[str, Any], key: str) -> str:
+        r = row[f"{key}_spread"]
+        return f"x{r['median']:.1f} [{r['min']:.1f}-{r['max']:.1f}]"
+
     for n in args.sizes:
-        row = bench_size(n, args.device, args.repeats, args.loop_limit, args.block)
+        row = bench_size(n, args.device, args.repeats, args.loop_limit, args.block, clock)
         out["sizes"].append(row)
         parts = [f"n={n:>6}", f"rows {row['rows_s'] * 1e3:7.3f} ms",
                  f"(permuted {row['rows_permuted_s'] * 1e3:7.3f} ms)",
                  f"object batched {row['batched_s'] * 1e3:7.2f} ms"]
         if "gpu_loop_s" in row:
             parts.append(f"torch loop {row['gpu_loop_s'] * 1e3:9.1f} ms "
-                         f"(x{row['speedup_vs_gpu_loop']:.1f})")
+                         f"({x(row, 'speedup_vs_gpu_loop')})")
         if "reference_loop_s" in row:
             parts.append(f"reference loop {row['reference_loop_s'] * 1e3:8.2f} ms "
-                         f"(rows x{row['rows_speedup_vs_reference_loop']:.1f}, permuted "
-                         f"x{row['rows_permuted_speedup_vs_reference_loop']:.1f}, object "
-                         f"x{row['speedup_vs_reference_loop']:.1f})")
+                         f"(rows {x(row, 'rows_speedup_vs_reference_loop')}, permuted "
+                         f"{x(row, 'rows_permuted_speedup_vs_reference_loop')}, object "
+                         f"{x(row, 'speedup_vs_reference_loop')})")
         parts.append(f"H2D {row['h2d_bytes_per_iter']} B vs full rows "
                      f"{row['vllm_full_row_bytes_per_iter']} B")
         print("  ".join(parts), flush=True)

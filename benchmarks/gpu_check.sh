@@ -14,7 +14,7 @@ cat "$OUT/gpu_env.txt"
 timeout 240 python -m pytest -m gpu tests/gpu tests/conformance -q -p no:cacheprovider 2>&1 \
   | tee "$OUT/gpu_tests.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-timeout 120 python benchmarks/bench_gpu.py --device cuda --sizes 256 4096 16384 --repeats 5 \
+timeout 120 python benchmarks/bench_gpu.py --device cuda --sizes 256 4096 16384 --repeats 6 \
   --loop-limit 256 --json "$OUT/bench_gpu_cuda.json" 2>&1 | tee "$OUT/bench_gpu_cuda.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status
