@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvspec.config import Config
+from kvspec.config import SMALL_SCOPE, Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 from kvspec.spec.model import Model
@@ -31,9 +31,6 @@ from .lockstep import run_steps
 from .report import Divergence, impl_label, render_config
 
 _CLEAR = {f: False for f in FLAG_IDS}
-SMALL_SCOPE = dict(num_gpu_pages=4, num_requests=2, tokens_per_block=2, max_prompt_len=3,
-                   max_draft_len=1)
-"""The largest sizes :func:`explore` accepts (G, N, B, prompt, draft)."""
 _CLI_OPTION = {"num_gpu_pages": "--gpu-pages", "num_requests": "--requests"}
 PROGRESS_EVERY = 1024
 """BFS states dequeued (and leaf paths replayed, :data:`REPLAY_PROGRESS_EVERY`) between two

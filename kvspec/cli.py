@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from kvspec import version
-from kvspec.config import Config
+from kvspec.config import SMALL_SCOPE, Config
 from kvspec.errors import InvalidArgument, KVSpecError
 from kvspec.policy import DEFAULT_PRESETS, PRESETS, get_policy
 
@@ -40,9 +40,9 @@ EXIT_BAD_INPUT = 2
 EXIT_UNKNOWN = 3
 EXIT_INTERRUPTED = 130
 
-EXPLORE_MAX_REQUESTS = 2
-EXPLORE_MAX_GPU_PAGES = 4
-"""``kvspec explore`` bounds (conformance.exhaustive.SMALL_SCOPE), checked when parsing."""
+EXPLORE_MAX_REQUESTS = SMALL_SCOPE["num_requests"]
+EXPLORE_MAX_GPU_PAGES = SMALL_SCOPE["num_gpu_pages"]
+"""``kvspec explore`` bounds, checked when parsing."""
 
 _T = TypeVar("_T")
 
@@ -411,13 +411,38 @@ def _bar_off(args: argparse.Namespace) -> bool:
     return _quiet(args) or not sys.stderr.isatty()
 
 
-def _bar(args: argparse.Namespace, **kw: Any) -> Any:
-    """A tqdm progress bar on stderr, or None when stderr is not a terminal or --quiet."""
-    if _bar_off(args):
-        return None
-    from tqdm import tqdm
+class _Bars:
+    """Progress bars on stderr, one per phase of a command (a new phase closes the previous
+    bar); off when stderr is not a terminal or with --quiet. Used as a context manager, which
+    closes the bars. tqdm is imported only when a bar is drawn."""
 
-    return tqdm(file=sys.stderr, leave=False, dynamic_ncols=True, **kw)
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.off = _bar_off(args)
+        self._bars: dict[str, Any] = {}
+
+    def show(self, phase: str, done: int, total: int | None = None, note: str = "",
+             **kw: Any) -> None:
+        """Set ``phase``'s bar to ``done`` (of ``total``), with ``note`` after it."""
+        if phase not in self._bars:
+            from tqdm import tqdm
+
+            self.close()
+            self._bars[phase] = tqdm(file=sys.stderr, leave=False, dynamic_ncols=True,
+                                     total=total, desc=phase, **kw)
+        bar = self._bars[phase]
+        if note:
+            bar.set_postfix_str(note, refresh=False)
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for b in self._bars.values():
+            b.close()
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _prove(args: argparse.Namespace) -> int:
@@ -430,31 +455,27 @@ def _prove(args: argparse.Namespace) -> int:
 
     from kvspec.spec.prove import prove_matrix
 
-    bar = _bar(args, total=len(policies) * len(props), unit="cell", desc="prove")
+    with _Bars(args) as bars:
+        total, decided = len(policies) * len(props), [0]
 
-    def on_cell(v: Any) -> None:
-        bar.set_postfix_str(f"{v.policy} {v.invariant}: {v.status.lower()}", refresh=False)
-        bar.update(1)
+        def on_cell(v: Any) -> None:
+            decided[0] += 1
+            bars.show("prove", decided[0], total, f"{v.policy} {v.invariant}: "
+                      f"{v.status.lower()}", unit="cell")
 
-    try:
         mat = prove_matrix(Config(), policies, props, max_depth=args.max_depth,
                            timeout=args.timeout, bmc2_depth=args.bmc2_depth,
-                           on_cell=None if bar is None else on_cell)
-    finally:
-        if bar is not None:
-            bar.close()
+                           on_cell=None if bars.off else on_cell)
     exported: dict[tuple[str, str], Path] = {}
     if export is not None:
         for (pol, inv), v in mat.cells.items():
             if v.trace is not None:
                 exported[(pol, inv)] = v.trace.save(export / f"{pol}__{inv}.jsonl")
-    cells = list(mat.cells.values())
-    unknown = [v for v in cells if v.status == "UNKNOWN"]
-    interrupted = bool(getattr(mat, "interrupted", False))
+    unknown = [v for v in mat.cells.values() if v.status == "UNKNOWN"]
+    interrupted = mat.interrupted
     rc = EXIT_INTERRUPTED if interrupted else EXIT_UNKNOWN if unknown else EXIT_OK
     if args.json:
         out = mat.to_json()
-        out["interrupted"] = interrupted
         for cell in out["cells"]:
             path = exported.get((cell["policy"], cell["invariant"]))
             cell["trace_file"] = None if path is None else str(path)
@@ -471,12 +492,10 @@ def _prove(args: argparse.Namespace) -> int:
             print()
     for v in unknown:
         print(f'Unknown "{v.invariant}" under {v.policy}: {v.reason}')
-    undecided = len(mat.policies) * len(mat.properties) - sum(
-        v.status in ("PROVED", "REFUTED", "UNKNOWN") for v in cells)
-    print(f"Done. cells={len(mat.policies) * len(mat.properties)} proved="
-          f"{sum(v.status == 'PROVED' for v in cells)} refuted="
-          f"{sum(v.status == 'REFUTED' for v in cells)} unknown={len(unknown)}"
-          + (f" interrupted={undecided}" if interrupted else "") + f" sec={mat.seconds:.2f}")
+    print(f"Done. cells={len(mat.cells)} proved={mat.count('PROVED')} refuted="
+          f"{mat.count('REFUTED')} unknown={len(unknown)}"
+          + (f" interrupted={mat.count('INTERRUPTED')}" if interrupted else "")
+          + f" sec={mat.seconds:.2f}")
     if unknown:
         print("UNKNOWN: the solver could not decide; raise --timeout (now "
               f"{args.timeout:g} s) or see the reason above.")
@@ -498,12 +517,9 @@ def render_matrix(mat: Any) -> str:
     for pol in mat.policies:
         cells = []
         for inv, c in zip(mat.properties, cols):
-            v = mat.cells.get((pol, inv))
-            if v is None:
-                text = "interrupted"
-            elif v.status == "PROVED":
-                k = getattr(v, "k", 0) or 0
-                text = "proved" if k <= 1 else f"proved(k={k})"
+            v = mat.get(pol, inv)
+            if v.status == "PROVED":
+                text = "proved" if v.k <= 1 else f"proved(k={v.k})"
             else:
                 text = MATRIX_CELL_TEXT.get(v.status, v.status.lower()).format(length=v.length)
             cells.append(text.ljust(c))
@@ -517,18 +533,13 @@ def _walk(args: argparse.Namespace) -> int:
 
     from kvspec.spec.walker import walk
 
-    bar = _bar(args, total=args.steps, unit="step", unit_scale=True, desc="walk")
+    with _Bars(args) as bars:
+        def progress(done: int, total: int) -> None:
+            bars.show("walk", done, total, unit="step", unit_scale=True)
 
-    def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
-
-    try:
         res = walk(Config(), policy, steps=args.steps, seed=args.seed,
-                   progress=None if bar is None else progress)
-    finally:
-        if bar is not None:
-            bar.close()
-    interrupted = bool(getattr(res, "interrupted", False))
+                   progress=None if bars.off else progress)
+    interrupted = res.interrupted
     paths = {}
     if export is not None:
         for pid, tr in res.counterexamples.items():
@@ -602,29 +613,18 @@ def _check(args: argparse.Namespace) -> int:
 
     # a bad --impl, or a factory that raises, is reported before any work
     make_manager(resolve_factory(args.impl), Config(), get_policy(args.policy))
-    bars: dict[str, Any] = {}  # one bar per tier, the previous one closed
+    with _Bars(args) as bars:
+        def progress(tier: str, done: int, total: int) -> None:
+            bars.show(tier, done, total, unit="run")
 
-    def progress(tier: str, done: int, total: int) -> None:
-        if tier not in bars:
-            for b in bars.values():
-                b.close()
-            bars[tier] = _bar(args, total=total, unit="run", desc=tier)
-        bar = bars[tier]
-        bar.update(done - bar.n)
-
-    try:
         report = run_check(args.impl, args.policy, examples=args.examples, seed=args.seed,
-                           hypothesis_dir=hyp_dir,
-                           progress=None if _bar_off(args) else progress)
-    finally:
-        for b in bars.values():
-            b.close()
+                           hypothesis_dir=hyp_dir, progress=None if bars.off else progress)
     print(report.render())
     div = report.divergence
     if div is not None and export is not None:
         path = div.trace.save(export / f"check-{args.policy}.jsonl")
         print(f"Divergence trace -> {path}  (kvspec replay {path} --impl {args.impl})")
-    if getattr(report, "interrupted", False):
+    if report.interrupted:
         return _interrupted()
     return EXIT_OK if report.ok else EXIT_DIVERGED
 
@@ -638,31 +638,18 @@ def _explore(args: argparse.Namespace) -> int:
                     max_prompt_len=2, max_draft_len=1, tokens_per_block=2)
     factory = resolve_factory(args.impl)
     make_manager(factory, config, policy)  # a factory that raises fails before the BFS
-    bars: dict[str, Any] = {}  # "bfs": states found (depth shown), then "replay": leaf paths
+    with _Bars(args) as bars:  # "explore": states found (depth shown), then "replay": paths
+        def progress(states: int, depth: int) -> None:
+            bars.show("explore", states, None, f"depth {depth}", unit="state", unit_scale=True)
 
-    def progress(states: int, depth: int) -> None:
-        bar = bars.setdefault("bfs", _bar(args, unit="state", unit_scale=True, desc="explore"))
-        bar.set_postfix_str(f"depth {depth}", refresh=False)
-        bar.update(states - bar.n)
+        def replay_progress(done: int, total: int) -> None:
+            bars.show("replay", done, total, unit="path")
 
-    def replay_progress(done: int, total: int) -> None:
-        if "replay" not in bars:
-            if "bfs" in bars:
-                bars["bfs"].close()
-            bars["replay"] = _bar(args, total=total, unit="path", desc="replay")
-        bar = bars["replay"]
-        bar.update(done - bar.n)
-
-    off = _bar_off(args)
-    try:
         res = explore(factory, policy, config, max_depth=args.max_depth, impl_name=args.impl,
-                      progress=None if off else progress,
-                      replay_progress=None if off else replay_progress)
-    finally:
-        for b in bars.values():
-            b.close()
+                      progress=None if bars.off else progress,
+                      replay_progress=None if bars.off else replay_progress)
     print(res.render())
-    if getattr(res, "interrupted", False):
+    if res.interrupted:
         return _interrupted()
     return EXIT_OK if res.ok else EXIT_DIVERGED
 

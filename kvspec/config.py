@@ -8,6 +8,11 @@ from fractions import Fraction
 
 from kvspec.errors import InvalidArgument
 
+SMALL_SCOPE: dict[str, int] = dict(num_gpu_pages=4, num_requests=2, tokens_per_block=2,
+                                  max_prompt_len=3, max_draft_len=1)
+"""The largest sizes exhaustive exploration accepts (G, N, B, prompt, draft): read by
+``conformance.exhaustive.explore`` and by ``kvspec explore``'s option checks."""
+
 
 @dataclass(frozen=True)
 class Config:

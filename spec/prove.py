@@ -235,11 +235,6 @@ class Verdict:
         """Steps in the counterexample, None when there is none."""
         return None if self.trace is None else len(self.trace)
 
-    @property
-    def method(self) -> str:
-        """Alias of :attr:`route` (the name used before routes were reported)."""
-        return self.route
-
     def to_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "invariant": self.invariant, "status": self.status,
                 "route": self.route, "k": self.k, "seconds": round(self.seconds, 4),
@@ -678,8 +673,9 @@ def _decide_policy(config: Config, policy: Policy, properties: Sequence[Property
             candidates.append(_Candidate(p, "k-induction", proved_k, spent))
             continue
         covered = bmc1_depth.get(p.id, -1)
-        why = [f"not inductive with the lemmas, not 3-inductive, no counterexample up to "
-               f"depth {covered}"] + notes[p.id]
+        searched = (f"no counterexample up to depth {covered}" if covered >= 0 else
+                    "BMC covered no depth")
+        why = [f"not inductive with the lemmas, not 3-inductive, {searched}"] + notes[p.id]
         emit(Verdict(name, p.id, UNKNOWN, "none", spent, bmc_depth=max(covered, 0),
                      reason="; ".join(why)))
     if candidates:

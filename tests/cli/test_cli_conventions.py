@@ -11,13 +11,13 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kvspec.cli import _parser, _subparsers, main, render_matrix
+from kvspec.spec.prove import Matrix, Verdict
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -73,38 +73,6 @@ def test_start_up_imports_nothing_heavy() -> None:
 # ---- prove, with a fake prover ------------------------------------------------------------
 
 
-@dataclass
-class FakeVerdict:
-    policy: str
-    invariant: str
-    status: str
-    k: int = 1
-    trace: Any = None
-    reason: str = ""
-
-    @property
-    def length(self) -> int | None:
-        return None if self.trace is None else len(self.trace)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "invariant": self.invariant, "status": self.status,
-                "reason": self.reason}
-
-
-@dataclass
-class FakeMatrix:
-    policies: list[str]
-    properties: list[str]
-    cells: dict[tuple[str, str], FakeVerdict] = field(default_factory=dict)
-    seconds: float = 0.1
-    interrupted: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"interrupted": self.interrupted,
-                "cells": [self.cells[(p, q)].to_json() for p in self.policies
-                          for q in self.properties]}
-
-
 class FakeProver:
     """Records its arguments; decides the cells in order with ``statuses`` (cycled), and
     with ``interrupt_after`` marks the rest INTERRUPTED, like prove_matrix on SIGINT."""
@@ -115,21 +83,21 @@ class FakeProver:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, config: Any, policies: Any, properties: Any, max_depth: int = 14, *,
-                 timeout: float = 60.0, bmc2_depth: int = 8, on_cell: Any = None) -> FakeMatrix:
+                 timeout: float = 60.0, bmc2_depth: int = 8, on_cell: Any = None) -> Matrix:
         self.calls.append(dict(policies=[p.name for p in policies],
                                properties=[p.id for p in properties], max_depth=max_depth,
                                timeout=timeout, bmc2_depth=bmc2_depth, on_cell=on_cell))
-        mat = FakeMatrix([p.name for p in policies], [p.id for p in properties])
+        mat = Matrix([p.name for p in policies], [p.id for p in properties])
         n = 0
         for pol in mat.policies:
             for prop in mat.properties:
                 if self.interrupt_after is not None and n >= self.interrupt_after:
                     mat.interrupted = True
-                    v = FakeVerdict(pol, prop, "INTERRUPTED", reason="interrupted")
+                    v = Verdict(pol, prop, "INTERRUPTED", "none", 0.0, reason="interrupted")
                 else:
                     status = self.statuses[n % len(self.statuses)]
-                    v = FakeVerdict(pol, prop, status,
-                                    reason="z3: timeout" if status == "UNKNOWN" else "")
+                    v = Verdict(pol, prop, status, "none", 0.0, k=1,
+                                reason="z3: timeout" if status == "UNKNOWN" else "")
                     if on_cell is not None:
                         on_cell(v)
                 mat.cells[(pol, prop)] = v
@@ -210,12 +178,14 @@ def test_prove_export_folder_is_made_before_the_proof(prover: FakeProver,
 
 
 def test_render_matrix_shows_every_status() -> None:
-    mat = FakeMatrix(["pol"], ["A", "B", "C", "D", "E"])
-    trace = (0, 1, 2)
+    mat = Matrix(["pol"], ["A", "B", "C", "D", "E"])
+    trace: Any = (0, 1, 2)  # anything with a length of 3
     for prop, v in zip(mat.properties, [
-            FakeVerdict("pol", "A", "PROVED"), FakeVerdict("pol", "B", "PROVED", k=2),
-            FakeVerdict("pol", "C", "REFUTED", trace=trace),
-            FakeVerdict("pol", "D", "UNKNOWN"), FakeVerdict("pol", "E", "INTERRUPTED")]):
+            Verdict("pol", "A", "PROVED", "induction", 0.0, k=1),
+            Verdict("pol", "B", "PROVED", "k-induction", 0.0, k=2),
+            Verdict("pol", "C", "REFUTED", "bmc(n=1)", 0.0, trace=trace),
+            Verdict("pol", "D", "UNKNOWN", "none", 0.0),
+            Verdict("pol", "E", "INTERRUPTED", "none", 0.0)]):
         mat.cells[("pol", prop)] = v
     row = render_matrix(mat).splitlines()[2].split()
     assert row == ["pol", "proved", "proved(k=2)", "CEX[3]", "unknown", "interrupted"]
