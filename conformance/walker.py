@@ -42,7 +42,7 @@ class Sampler:
             size = 1
             for d in domains:
                 size *= len(d)
-            combos = a.argument_tuples(k) if size <= SMALL_DOMAIN else None
+            combos = a.argument_tuples(k) if size <= SMALL_DOMAIN or a.demand else None
             self.plans.append(_Plan(a, a.slots(k), combos, names, domains))
 
     def draw(self, s: State) -> tuple[str, int, dict[str, Any]] | None:
@@ -53,7 +53,11 @@ class Sampler:
             guard, name = p.action.guard, p.action.name
             found: list[tuple[str, int, dict[str, Any]]] = []
             for r in p.slots:
-                if p.combos is not None:
+                if p.action.demand is not None:
+                    for args in self.model.arguments(s, p.action, r):
+                        if guard(ctx, s, r, **args):
+                            found.append((name, r, args))
+                elif p.combos is not None:
                     for args in p.combos:
                         if guard(ctx, s, r, **args):
                             found.append((name, r, args))

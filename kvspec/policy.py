@@ -26,6 +26,10 @@ class Policy:
     swa_scratch_reuse: bool = False
     host_tier: bool = True
     draft_record_before_resize: bool = False
+    revert_clears_before_resize: bool = False
+    pop_draft_record_on_update: bool = True
+    free_branch_rewinds: bool = True
+    commit_on_forward: bool = True
 
     def switches(self) -> dict[str, bool]:
         """The boolean switches by field name (no name)."""
@@ -76,6 +80,15 @@ PRESETS: dict[str, Policy] = {
     # Before PR 13104: the can_queue skip reverted nothing (generation accumulation, bug 5).
     "pre-pr13104": _PR13805.replace(
         name="pre-pr13104", revert_deferred_context=False, revert_generation_on_skip=False),
+    # TensorRT-LLM's pyexecutor KVCacheManagerV2 as of May 2026 (PR 13805's revert in place),
+    # read from its code (docs/fidelity.md): both reverts consume their record before the
+    # resize that can raise; the draft record is written before the resize and never popped
+    # by update_resources; the FREE branch returns None and leaves the cursor; block reuse
+    # off, so nothing is committed.
+    "trtllm-2026-05": _PR13805.replace(
+        name="trtllm-2026-05", draft_record_before_resize=True,
+        revert_clears_before_resize=True, pop_draft_record_on_update=False,
+        free_branch_rewinds=False, commit_on_forward=False),
 }
 
 DEFAULT_PRESETS: tuple[str, ...] = tuple(PRESETS)

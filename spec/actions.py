@@ -7,8 +7,12 @@ written as two candidate states joined by :func:`merge`, never as Python ``if`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from .eviction import demote as demote_pages
+from .eviction import room, victim_caps, victims_fit
 from .ops import Term
-from .registry import Action, ActionRegistry, Ctx, Outcome, Param
+from .registry import Action, ActionRegistry, Ctx, Demand, Guard, Outcome, Param
 from .state import (
     ACTIVE,
     CONTEXT,
@@ -22,6 +26,7 @@ from .state import (
     Req,
     State,
     evictable,
+    gpu_pages,
     merge,
     pinned,
     with_req,
@@ -51,23 +56,63 @@ def context_target(c: Ctx, q: Req) -> Term:
     return q.pos + n + c.o.ite(q.pos + n == q.prompt_len, q.draft_len, 0)
 
 
-def resume(c: Ctx, s: State, r: int) -> tuple[Term, State]:
-    """``_KVCache.resume``: the utilization gate, then pages back to GPU; all-or-nothing.
+def room_evictable(c: Ctx, s: State, r: int) -> Term:
+    """Pages implicit eviction may demote to make room for slot ``r`` (all victims)."""
+    total: Term = 0
+    for cap in victim_caps(c, s, r):
+        total = total + cap
+    return total
+
+
+def resume_plan(c: Ctx, s: State, r: int) -> tuple[Term, Term, Term]:
+    """(gate_ok, room_ok, shortfall) of ``_KVCache.resume`` on slot ``r``: the utilization
+    gate (used = total - free - evictable, the cache's own GPU pages counted evictable), then
+    room on GPU for its host pages (``batched_lock_to_gpu``)."""
+    o, q = c.o, s.reqs[r]
+    ev = evictable(o, s, c.policy.host_tier) + s.rest_evictable
+    gate_ok = o.not_(o.util_exceeds(s.num_gpu_pages - s.gpu_free - ev, s.num_gpu_pages))
+    room_ok, shortfall = room(c, q.host_pages, s.gpu_free, s.host_free,
+                              room_evictable(c, s, r))
+    return gate_ok, room_ok, shortfall
+
+
+def resume_demand(c: Ctx, s: State, r: int) -> Term:
+    """Pages a resume of slot ``r`` demotes (0 when it is refused)."""
+    gate_ok, room_ok, shortfall = resume_plan(c, s, r)
+    return c.o.ite(c.o.and_(gate_ok, room_ok), shortfall, 0)
+
+
+def resume(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> tuple[Term, State]:
+    """``_KVCache.resume``: the utilization gate, then room on GPU (``demote`` victims, as
+    admitted by the guard), then the cache's host pages back to GPU; all-or-nothing.
 
     Returns (succeeded, state). Refusal leaves the state unchanged.
     """
-    o, q = c.o, s.reqs[r]
-    pages = o.blocks(q.capacity)
-    ev = evictable(o, s, c.policy.host_tier) + s.rest_evictable
-    gate_ok = o.not_(o.util_exceeds(s.num_gpu_pages - s.gpu_free - ev, s.num_gpu_pages))
-    room = o.or_(o.not_(q.on_host), s.gpu_free >= pages)
-    ok = o.and_(gate_ok, room)
-    moved = o.ite(q.on_host, pages, 0)
-    resumed = with_req(s, r, q._replace(status=ACTIVE, never_resumed=False, on_host=False))
+    o = c.o
+    gate_ok, room_ok, _ = resume_plan(c, s, r)
+    ok = o.and_(gate_ok, room_ok)
+    s1 = demote_pages(c, s, demote)
+    q = s1.reqs[r]
+    moved = q.host_pages
+    resumed = with_req(s1, r, q._replace(status=ACTIVE, never_resumed=False, host_pages=0))
     resumed = resumed._replace(
-        gpu_free=s.gpu_free - moved, host_free=s.host_free + moved,
+        gpu_free=s1.gpu_free - moved, host_free=s1.host_free + moved,
         v_resume_gate=o.or_(s.v_resume_gate, o.not_(gate_ok)))
     return ok, merge(o, ok, resumed, s)
+
+
+def evicting(guard: Guard, demand: Demand) -> Guard:
+    """``guard`` plus the admissibility of the ``demote`` victims: they fit ``demand``."""
+
+    def checked(c: Ctx, s: State, r: int, demote: Sequence[Term], **args: Term) -> Term:
+        return c.o.and_(guard(c, s, r, **args), victims_fit(c, s, r, demote, demand(c, s, r)))
+
+    checked.__name__ = getattr(guard, "__name__", "guard")
+    return checked
+
+
+DEMOTE = Param("demote", kind="slots")
+"""The victims of implicit eviction: GPU pages demoted to the host, per slot (+ the rest)."""
 
 
 def ctx_revert_due(c: Ctx, s: State, q: Req) -> Term:
@@ -133,17 +178,29 @@ def _g_prepare_context(c: Ctx, s: State, r: int) -> Term:
                   o.or_(q.pos == 0, q.has_cache))
 
 
-@ACTIONS.action(guard=_g_prepare_context, returns=True, atomic_on_false=True)
-def prepare_context(c: Ctx, s: State, r: int) -> Outcome:
-    """Models TRT ``prepare_context``: create the cache on a first chunk, resume if suspended."""
+def _prepared(c: Ctx, s: State, r: int) -> State:
+    """``s`` with slot ``r``'s cache created when this is a first chunk, and marked prepared."""
     o, q = c.o, s.reqs[r]
     create = o.and_(q.pos == 0, o.not_(q.has_cache))
-    created = q._replace(has_cache=True, status=SUSPENDED, never_resumed=True, on_host=False,
+    created = q._replace(has_cache=True, status=SUSPENDED, never_resumed=True, host_pages=0,
                          capacity=0, history=0, committed=0)
-    q0 = merge(o, create, created, q)._replace(prepared=True)
-    s0 = with_req(s, r, q0)
-    ok, s1 = resume(c, s0, r)
-    s2 = merge(o, q0.status == SUSPENDED, s1, s0)
+    return with_req(s, r, merge(o, create, created, q)._replace(prepared=True))
+
+
+def _prepare_demand(c: Ctx, s: State, r: int) -> Term:
+    s0 = _prepared(c, s, r)
+    return c.o.ite(s0.reqs[r].status == SUSPENDED, resume_demand(c, s0, r), 0)
+
+
+@ACTIONS.action(guard=evicting(_g_prepare_context, _prepare_demand), params=(DEMOTE,),
+                demand=_prepare_demand, returns=True, atomic_on_false=True)
+def prepare_context(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
+    """Models TRT ``prepare_context``: create the cache on a first chunk, resume if suspended
+    (implicit eviction may demote ``demote`` pages of other suspended caches)."""
+    o = c.o
+    s0 = _prepared(c, s, r)
+    ok, s1 = resume(c, s0, r, demote)
+    s2 = merge(o, s0.reqs[r].status == SUSPENDED, s1, s0)
     return Outcome(s2, s2.reqs[r].status == ACTIVE)
 
 
@@ -154,20 +211,37 @@ def _g_resize_context(c: Ctx, s: State, r: int) -> Term:
                   q.status == ACTIVE, o.not_(q.resized), o.not_(q.resize_failed))
 
 
-@ACTIONS.action(guard=_g_resize_context, returns=True, atomic_on_false=True)
-def resize_context(c: Ctx, s: State, r: int) -> Outcome:
-    """Models TRT ``resize_context``: grow to max(cap, target); snapshot on growth only.
-
-    Failure: a first chunk is suspended; the snapshot is cleared only under
-    ``clear_snapshot_on_failure`` (PR 13805 left it: review finding 1).
-    """
-    o, p, q = c.o, c.policy, s.reqs[r]
+def _resize_plan(c: Ctx, s: State, r: int) -> tuple[Term, Term, Term, Term]:
+    """(new capacity, pages needed, fits, shortfall) of ``resize_context`` on slot ``r``."""
+    o, q = c.o, s.reqs[r]
     new_cap = o.max(q.capacity, context_target(c, q))
     need = o.blocks(new_cap) - o.blocks(q.capacity)
-    ok = s.gpu_free >= need
-    grown = with_req(s, r, q._replace(
+    fits, shortfall = room(c, need, s.gpu_free, s.host_free, room_evictable(c, s, r))
+    return new_cap, need, fits, shortfall
+
+
+def _resize_demand(c: Ctx, s: State, r: int) -> Term:
+    _, _, fits, shortfall = _resize_plan(c, s, r)
+    return c.o.ite(fits, shortfall, 0)
+
+
+@ACTIONS.action(guard=evicting(_g_resize_context, _resize_demand), params=(DEMOTE,),
+                demand=_resize_demand, returns=True, atomic_on_false=True)
+def resize_context(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
+    """Models TRT ``resize_context``: grow to max(cap, target); snapshot on growth only.
+
+    New pages come from free GPU pages, then from demoting ``demote`` evictable pages of
+    suspended caches (implicit eviction); it fails only when free + evictable (or the host's
+    room for the demoted pages) is short, and then changes nothing but this: a first chunk
+    is suspended; the snapshot is cleared only under ``clear_snapshot_on_failure`` (PR 13805
+    left it: review finding 1).
+    """
+    o, p, q = c.o, c.policy, s.reqs[r]
+    new_cap, need, ok, _ = _resize_plan(c, s, r)
+    s1 = demote_pages(c, s, demote)
+    grown = with_req(s1, r, q._replace(
         capacity=new_cap, snapshot=o.ite(new_cap > q.capacity, q.capacity, NONE),
-        snap_fresh=True, resized=True))._replace(gpu_free=s.gpu_free - need)
+        snap_fresh=True, resized=True))._replace(gpu_free=s1.gpu_free - need)
     failed = with_req(s, r, q._replace(
         status=o.ite(q.pos == 0, SUSPENDED, q.status),
         snapshot=NONE if p.clear_snapshot_on_failure else q.snapshot,
@@ -181,30 +255,57 @@ def _g_try_allocate_generation(c: Ctx, s: State, r: int) -> Term:
                     c.o.not_(q.gen_tried))
 
 
-@ACTIONS.action(guard=_g_try_allocate_generation, returns=True, atomic_on_false=True)
-def try_allocate_generation(c: Ctx, s: State, r: int) -> Outcome:
-    """Models TRT ``try_allocate_generation``: resume if needed, grow by 1 + draft_len.
+def _generation_plan(c: Ctx, s: State, r: int) -> tuple[Term, Term, Term, Term, Term]:
+    """(was ACTIVE, resume ok, growth ok, pages needed, pages demoted) of
+    ``try_allocate_generation`` on slot ``r``: a resume when suspended (its own eviction),
+    then the growth's, counted on the pool as the resume leaves it."""
+    o, q = c.o, s.reqs[r]
+    was_active = q.status == ACTIVE
+    gate_ok, room_ok, short1 = resume_plan(c, s, r)
+    res_ok = o.and_(gate_ok, room_ok)
+    live = o.or_(was_active, res_ok)
+    short1 = o.ite(was_active, 0, short1)
+    recalled = o.ite(was_active, 0, q.host_pages)
+    need = o.blocks(q.capacity + 1 + q.draft_len) - o.blocks(q.capacity)
+    fits, short2 = room(c, need, s.gpu_free + short1 - recalled, s.host_free - short1 + recalled,
+                        room_evictable(c, s, r) - short1)
+    ok = o.and_(live, fits)
+    demoted = o.ite(live, short1, 0) + o.ite(ok, short2, 0)
+    return was_active, live, ok, need, demoted
+
+
+def _generation_demand(c: Ctx, s: State, r: int) -> Term:
+    return _generation_plan(c, s, r)[4]
+
+
+@ACTIONS.action(guard=evicting(_g_try_allocate_generation, _generation_demand),
+                params=(DEMOTE,), demand=_generation_demand, returns=True,
+                atomic_on_false=True)
+def try_allocate_generation(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
+    """Models TRT ``try_allocate_generation``: resume if needed, grow by 1 + draft_len, each
+    making room by implicit eviction (``demote`` counts both).
 
     A refused resume changes nothing; a failed resize after a resume leaves the cache ACTIVE
     (semantics bug 7). The draft record is written on success only, or before the resize
     under ``draft_record_before_resize`` (the older version).
     """
     o, p = c.o, c.policy
+    was_active, live, ok, need, _ = _generation_plan(c, s, r)
     marked = with_req(s, r, s.reqs[r]._replace(gen_tried=True))
-    res_ok, resumed = resume(c, marked, r)
-    was_active = s.reqs[r].status == ACTIVE
-    s1 = merge(o, was_active, marked, resumed)
-    live = o.or_(was_active, res_ok)
+    s0 = demote_pages(c, marked, demote)
+    q0 = s0.reqs[r]
+    recalled = o.ite(was_active, 0, q0.host_pages)
+    s1 = with_req(s0, r, q0._replace(status=ACTIVE, never_resumed=o.and_(
+        was_active, q0.never_resumed), host_pages=q0.host_pages - recalled))._replace(
+        gpu_free=s0.gpu_free - recalled, host_free=s0.host_free + recalled)
     q1 = s1.reqs[r]
     new_cap = q1.capacity + 1 + q1.draft_len
-    need = o.blocks(new_cap) - o.blocks(q1.capacity)
-    ok = o.and_(live, s1.gpu_free >= need)
     grown = with_req(s1, r, q1._replace(
         capacity=new_cap, draft_record=q1.draft_len, gen_grown=True,
         gen_outstanding=True))._replace(gpu_free=s1.gpu_free - need)
     failed = with_req(s1, r, q1._replace(
         draft_record=q1.draft_len if p.draft_record_before_resize else NONE))
-    return Outcome(merge(o, ok, grown, merge(o, live, failed, s1)), ok)
+    return Outcome(merge(o, ok, grown, merge(o, live, failed, marked)), ok)
 
 
 def _g_suspend_request(c: Ctx, s: State, r: int) -> Term:
@@ -227,28 +328,31 @@ def _g_resume_request(c: Ctx, s: State, r: int) -> Term:
                   o.not_(q.gen_tried))
 
 
-@ACTIONS.action(guard=_g_resume_request, returns=True, atomic_on_false=True)
-def resume_request(c: Ctx, s: State, r: int) -> Outcome:
+@ACTIONS.action(guard=evicting(_g_resume_request, resume_demand), params=(DEMOTE,),
+                demand=resume_demand, returns=True, atomic_on_false=True)
+def resume_request(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
     """Models TRT ``resume_request`` on a suspended cache outside prepare/try_allocate (a
-    scheduler bringing a victim back): the utilization gate, pages back from the host tier;
-    a refusal changes nothing."""
-    ok, s1 = resume(c, s, r)
+    scheduler bringing a victim back): the utilization gate, room on GPU by implicit
+    eviction, its host pages back to GPU; a refusal changes nothing."""
+    ok, s1 = resume(c, s, r, demote)
     return Outcome(s1, ok)
 
 
 def _g_evict_to_host(c: Ctx, s: State, r: int) -> Term:
     q = s.reqs[r]
     o = c.o
+    on_gpu = gpu_pages(o, q)
     return o.and_(c.policy.host_tier, s.stage == SCHEDULE, q.has_cache, q.status == SUSPENDED,
-                  o.not_(q.on_host), s.host_free >= o.blocks(q.capacity))
+                  on_gpu > 0, s.host_free >= on_gpu)
 
 
 @ACTIONS.action(guard=_g_evict_to_host)
 def evict_to_host(c: Ctx, s: State, r: int) -> Outcome:
-    """Demote a suspended cache's GPU pages to the host tier (eviction under pool pressure)."""
+    """Demote all of a suspended cache's GPU pages to the host tier (the eviction an executor
+    asks for under pool pressure; growth and resume also evict implicitly)."""
     q = s.reqs[r]
-    pages = c.o.blocks(q.capacity)
-    return Outcome(with_req(s, r, q._replace(on_host=True))._replace(
+    pages = gpu_pages(c.o, q)
+    return Outcome(with_req(s, r, q._replace(host_pages=q.host_pages + pages))._replace(
         gpu_free=s.gpu_free + pages, host_free=s.host_free - pages))
 
 
@@ -260,26 +364,32 @@ def _g_free_resources(c: Ctx, s: State, r: int) -> Term:
 
 @ACTIONS.action(guard=_g_free_resources)
 def free_resources(c: Ctx, s: State, r: int) -> Outcome:
-    """Models TRT ``free_resources`` for a finished request: close the cache, empty the slot."""
-    o, q = c.o, s.reqs[r]
-    pages = o.blocks(q.capacity)
+    """Models TRT ``free_resources`` for a finished request: close the cache (each page back
+    to its tier), empty the slot."""
+    q = s.reqs[r]
     return Outcome(with_req(s, r, Req())._replace(
-        gpu_free=s.gpu_free + o.ite(q.on_host, 0, pages),
-        host_free=s.host_free + o.ite(q.on_host, pages, 0)))
+        gpu_free=s.gpu_free + gpu_pages(c.o, q), host_free=s.host_free + q.host_pages))
 
 
-def _g_others(c: Ctx, s: State, r: int, delta: Term, evictable: Term) -> Term:
+def _g_others(c: Ctx, s: State, r: int, delta: Term, evictable: Term,
+              host_delta: Term) -> Term:
     o = c.o
     return o.and_(c.abstract_rest, s.stage == SCHEDULE, s.rest_gpu + delta >= 0,
-                  s.gpu_free - delta >= 0, evictable >= 0, evictable <= s.rest_gpu + delta)
+                  s.gpu_free - delta >= 0, evictable >= 0, evictable <= s.rest_gpu + delta,
+                  s.rest_host + host_delta >= 0, s.host_free - host_delta >= 0,
+                  True if c.policy.host_tier else host_delta == 0)
 
 
 @ACTIONS.action(guard=_g_others, per_request=False, params=(
-    Param("delta", lo=-2, hi=lambda k: 2), Param("evictable", lo=0, hi=lambda k: 2)))
-def others(c: Ctx, s: State, r: int, delta: Term, evictable: Term) -> Outcome:
-    """Abstract mode only: requests outside the model take or release ``delta`` GPU pages."""
+    Param("delta", lo=-2, hi=lambda k: 2), Param("evictable", lo=0, hi=lambda k: 2),
+    Param("host_delta", lo=-2, hi=lambda k: 2)))
+def others(c: Ctx, s: State, r: int, delta: Term, evictable: Term,
+           host_delta: Term) -> Outcome:
+    """Abstract mode only: requests outside the model take or release ``delta`` GPU pages
+    and ``host_delta`` host pages; ``evictable`` of their GPU pages are suspended ones."""
     return Outcome(s._replace(rest_gpu=s.rest_gpu + delta, gpu_free=s.gpu_free - delta,
-                              rest_evictable=evictable))
+                              rest_evictable=evictable, rest_host=s.rest_host + host_delta,
+                              host_free=s.host_free - host_delta))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,15 +429,28 @@ def _g_revert_allocate_context(c: Ctx, s: State, r: int) -> Term:
     return c.o.and_(s.stage == SETTLE, ctx_revert_due(c, s, s.reqs[r]))
 
 
+REVERT_ATOMIC_FIELDS = ("capacity", "history", "committed", "pos", "snapshot", "draft_record",
+                        "status", "has_cache")
+"""What a revert that raises must leave unchanged (INV-ATOMIC)."""
+
+
+def refused_changes(c: Ctx, before: Req, after: Req, fields: tuple[str, ...]) -> Term:
+    """Whether a refused call changed any of ``fields`` of its request (INV-ATOMIC)."""
+    return c.o.or_(*[getattr(before, f) != getattr(after, f) for f in fields])
+
+
 @ACTIONS.action(guard=_g_revert_allocate_context, returns=True)
 def revert_allocate_context(c: Ctx, s: State, r: int) -> Outcome:
     """Models TRT ``revert_allocate_context``: shrink back to ``py_ctx_pre_resize_cap``.
 
-    The snapshot is cleared first. FREE branch (history > snapshot): the cache is dropped and
-    the request rewound, returns False. SHRINK branch: capacity = snapshot, suspended iff the
-    snapshot is > 0, returns True. Under SWA scratch reuse the shrink needs
-    cap - max_rewind_len <= history; otherwise TRT's resize asserts and nothing changes
-    (SWA-REWIND is violated).
+    The snapshot is consumed. FREE branch (history > snapshot): the cache is dropped; under
+    ``free_branch_rewinds`` the request is rewound to position 0 and the call returns False,
+    otherwise (TRT as of May 2026) the position stays and the call returns nothing (modelled
+    as True). SHRINK branch: capacity = snapshot, suspended iff the snapshot is > 0, returns
+    True. Under SWA scratch reuse the shrink needs cap - max_rewind_len <= history; otherwise
+    TRT's resize asserts (SWA-REWIND is violated) and the call raises: it changes nothing,
+    unless ``revert_clears_before_resize`` consumed the snapshot before the resize (INV-ATOMIC
+    is violated then).
     """
     o, p, q = c.o, c.policy, s.reqs[r]
     pre = q.snapshot
@@ -337,8 +460,8 @@ def revert_allocate_context(c: Ctx, s: State, r: int) -> Outcome:
     shrink = o.and_(acts, o.not_(free_branch))
     base = q._replace(snapshot=NONE, ctx_reverted=True)
     freed_q = base._replace(has_cache=False, status=SUSPENDED, never_resumed=False,
-                            on_host=False, capacity=0, history=0, committed=0, pos=0,
-                            draft_record=NONE)
+                            host_pages=0, capacity=0, history=0, committed=0,
+                            pos=0 if p.free_branch_rewinds else q.pos, draft_record=NONE)
     shrunk_q = base._replace(capacity=pre, status=o.ite(pre > 0, SUSPENDED, ACTIVE))
     released = o.ite(free_branch, o.blocks(q.capacity),
                      o.ite(shrink, o.blocks(q.capacity) - o.blocks(pre), 0))
@@ -348,14 +471,19 @@ def revert_allocate_context(c: Ctx, s: State, r: int) -> Outcome:
     floor_bad = o.and_(shrink, o.or_(new_q.capacity != pre, pre < q.history))
     precap_bad = o.and_(shrink, (new_q.status == SUSPENDED) != (pre > 0))
     done = with_req(s, r, new_q)._replace(gpu_free=s.gpu_free + released)
-    # Under SWA scratch reuse TRT's resize asserts before changing anything: refused shrink.
-    refused = with_req(s, r, q._replace(ctx_reverted=True))
+    # Under SWA scratch reuse TRT's resize asserts: the call raises, after consuming the
+    # snapshot when the revision clears it first.
+    refused_q = q._replace(ctx_reverted=True, snapshot=(
+        NONE if p.revert_clears_before_resize else q.snapshot))
+    refused = with_req(s, r, refused_q)
+    atomic_bad = o.and_(swa_bad, refused_changes(c, q, refused_q, REVERT_ATOMIC_FIELDS))
     s1 = merge(o, swa_bad, refused, done)._replace(
         v_stale_snapshot=o.or_(s.v_stale_snapshot, o.and_(consumed, o.not_(q.snap_fresh))),
         v_swa_rewind=o.or_(s.v_swa_rewind, swa_bad),
         v_revert_floor=o.or_(s.v_revert_floor, floor_bad),
-        v_suspend_precap=o.or_(s.v_suspend_precap, precap_bad))
-    return Outcome(s1, o.not_(free_branch))
+        v_suspend_precap=o.or_(s.v_suspend_precap, precap_bad),
+        v_atomic=o.or_(s.v_atomic, atomic_bad))
+    return Outcome(s1, o.not_(free_branch) if p.free_branch_rewinds else True)
 
 
 def _g_revert_allocate_generation(c: Ctx, s: State, r: int) -> Term:
@@ -366,8 +494,9 @@ def _g_revert_allocate_generation(c: Ctx, s: State, r: int) -> Term:
 def revert_allocate_generation(c: Ctx, s: State, r: int) -> Outcome:
     """Models TRT ``revert_allocate_generation``: pop the draft record and shrink by
     1 + record; no record, an inactive cache or a negative target is a no-op. A target below
-    history makes TRT raise ("shrink must succeed"): nothing changes, INV-LEN is violated."""
-    o, q = c.o, s.reqs[r]
+    history makes TRT raise ("shrink must succeed"): INV-LEN is violated and nothing changes,
+    unless ``revert_clears_before_resize`` popped the record first (INV-ATOMIC then)."""
+    o, p, q = c.o, c.policy, s.reqs[r]
     rec = q.draft_record
     target = q.capacity - 1 - rec
     acts = o.and_(rec != NONE, q.has_cache, q.status == ACTIVE, target >= 0)
@@ -375,12 +504,15 @@ def revert_allocate_generation(c: Ctx, s: State, r: int) -> Outcome:
     shrinks = o.and_(acts, o.not_(below_history))
     base = q._replace(draft_record=NONE, gen_reverted=True)
     shrunk = base._replace(capacity=target, gen_outstanding=False)
-    refused = q._replace(gen_reverted=True)
+    refused = q._replace(gen_reverted=True, draft_record=(
+        NONE if p.revert_clears_before_resize else q.draft_record))
     released = o.ite(shrinks, o.blocks(q.capacity) - o.blocks(target), 0)
     new_q = merge(o, below_history, refused, merge(o, shrinks, shrunk, base))
     s1 = with_req(s, r, new_q)._replace(
         gpu_free=s.gpu_free + released,
         v_len=o.or_(s.v_len, below_history),
+        v_atomic=o.or_(s.v_atomic, o.and_(
+            below_history, refused_changes(c, q, refused, REVERT_ATOMIC_FIELDS))),
         v_gen_once=o.or_(s.v_gen_once, o.and_(acts, o.not_(q.gen_outstanding))))
     return Outcome(s1)
 
@@ -398,16 +530,21 @@ def _g_forward(c: Ctx, s: State, r: int, accepted: Term) -> Term:
     Param("accepted", lo=0, hi=lambda k: k.max_draft_len),))
 def forward(c: Ctx, s: State, r: int, accepted: Term) -> Outcome:
     """The forward step plus ``update_context_resources`` (context: pos advances, history =
-    pos) or ``update_resources`` (generation: trim the rejected drafts, history += 1 + accepted)."""
+    pos) or ``update_resources`` (generation: trim the rejected drafts, history += 1 + accepted,
+    the draft record popped under ``pop_draft_record_on_update``); committed = history under
+    ``commit_on_forward`` (block reuse on), else it stays 0 (``stop_committing``)."""
     o, q = c.o, s.reqs[r]
     new_pos = q.pos + context_tokens(c, q)
-    ctx_q = q._replace(pos=new_pos, history=new_pos, committed=new_pos, ran=True,
-                       phase=o.ite(new_pos == q.prompt_len, GENERATION, CONTEXT))
+    commit = c.policy.commit_on_forward
+    ctx_q = q._replace(pos=new_pos, history=new_pos, committed=new_pos if commit else q.committed,
+                       ran=True, phase=o.ite(new_pos == q.prompt_len, GENERATION, CONTEXT))
     rec = o.ite(q.draft_record == NONE, q.draft_len, q.draft_record)
     new_cap = q.capacity - o.max(rec - accepted, 0)
     new_hist = q.history + 1 + accepted
-    gen_q = q._replace(capacity=new_cap, history=new_hist, committed=new_hist,
-                       draft_record=NONE, gen_outstanding=False, ran=True)
+    gen_q = q._replace(
+        capacity=new_cap, history=new_hist, committed=new_hist if commit else q.committed,
+        draft_record=NONE if c.policy.pop_draft_record_on_update else q.draft_record,
+        gen_outstanding=False, ran=True)
     is_ctx = q.phase == CONTEXT
     released = o.ite(is_ctx, 0, o.blocks(q.capacity) - o.blocks(new_cap))
     s1 = with_req(s, r, merge(o, is_ctx, ctx_q, gen_q))._replace(

@@ -18,7 +18,7 @@ from kvspec.policy import Policy
 
 from .ops import Term
 from .registry import Ctx
-from .state import ACTIVE, CONTEXT, NONE, SETTLE, SUSPENDED, State, gpu_pages, host_pages
+from .state import ACTIVE, CONTEXT, NONE, SETTLE, SUSPENDED, State, gpu_pages, host_held
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,10 @@ def _len(c: Ctx, s: State) -> Term:
 def _conserve(c: Ctx, s: State) -> Term:
     o = c.o
     used_gpu: Term = s.rest_gpu
-    used_host: Term = 0
+    used_host: Term = s.rest_host
     for q in s.reqs:
         used_gpu = used_gpu + gpu_pages(o, q)
-        used_host = used_host + host_pages(o, q)
+        used_host = used_host + host_held(o, q)
     return o.and_(s.gpu_free >= 0, s.host_free >= 0,
                   s.gpu_free + used_gpu == s.num_gpu_pages,
                   s.host_free + used_host == s.num_host_pages)
@@ -98,8 +98,9 @@ PROPERTIES: tuple[Property, ...] = (
         lambda c, a, b: c.o.and_(b.gpu_free == 0, _any(c, b, lambda r: b.reqs[r].capacity > 0))),
     Property(
         "INV-ATOMIC", "failed_action_changes_nothing",
-        "prepare_context, resize_context and try_allocate_generation returning False leave "
-        "capacity, history, committed, pos and the draft record unchanged.",
+        "prepare_context, resize_context, try_allocate_generation and resume_request returning "
+        "False leave capacity, history, committed, pos and the draft record unchanged, and a "
+        "revert that raises leaves its request unchanged (snapshot and draft record included).",
         _flag("v_atomic"),
         "an allocation fails",
         lambda c, a, b: _any(c, b, lambda r: c.o.or_(

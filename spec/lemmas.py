@@ -46,6 +46,7 @@ def globally(f: Callable[[Ctx, State], Term]) -> Callable[[Ctx, State], Term]:
 def globals_nonnegative(c: Ctx, s: State) -> Term:
     return c.o.and_(s.num_gpu_pages >= 0, s.num_host_pages >= 0, s.max_rewind_len >= 0,
                     s.rest_gpu >= 0, s.rest_evictable >= 0, s.rest_evictable <= s.rest_gpu,
+                    s.rest_host >= 0,
                     s.batch_wait_iters >= 0, s.stage >= 0, s.stage <= 1)
 
 
@@ -53,7 +54,7 @@ def globals_nonnegative(c: Ctx, s: State) -> Term:
 def no_cache_means_empty(c: Ctx, s: State, q: Req) -> Term:
     o = c.o
     return o.implies(o.not_(q.has_cache), o.and_(
-        q.capacity == 0, q.history == 0, q.committed == 0, o.not_(q.on_host),
+        q.capacity == 0, q.history == 0, q.committed == 0, q.host_pages == 0,
         q.draft_record == NONE, o.not_(q.gen_outstanding)))
 
 
@@ -93,15 +94,17 @@ def request_params_valid(c: Ctx, s: State, q: Req) -> Term:
 @per_request
 def context_cursor_in_prompt(c: Ctx, s: State, q: Req) -> Term:
     o = c.o
-    return o.implies(q.phase == CONTEXT, o.and_(q.pos >= 0, q.pos < q.prompt_len,
-                                                o.implies(q.pos > 0, q.has_cache)))
+    # a FREE revert that does not rewind leaves a cursor without a cache
+    cached = o.implies(q.pos > 0, q.has_cache) if c.policy.free_branch_rewinds else True
+    return o.implies(q.phase == CONTEXT, o.and_(q.pos >= 0, q.pos < q.prompt_len, cached))
 
 
 @per_request
 def context_history_is_pos(c: Ctx, s: State, q: Req) -> Term:
     o = c.o
+    committed = q.pos if c.policy.commit_on_forward else 0
     return o.implies(o.and_(q.phase == CONTEXT, q.has_cache),
-                     o.and_(q.history == q.pos, q.committed == q.pos))
+                     o.and_(q.history == q.pos, q.committed == committed))
 
 
 @per_request
@@ -124,8 +127,13 @@ def generation_has_cache(c: Ctx, s: State, q: Req) -> Term:
 
 @per_request
 def host_only_with_tier(c: Ctx, s: State, q: Req) -> Term:
-    return c.o.implies(q.on_host, c.o.and_(c.policy.host_tier, q.has_cache,
-                                           q.status == SUSPENDED))
+    return c.o.implies(q.host_pages > 0, c.o.and_(c.policy.host_tier, q.has_cache,
+                                                  q.status == SUSPENDED))
+
+
+@per_request
+def host_pages_within_cache(c: Ctx, s: State, q: Req) -> Term:
+    return c.o.and_(q.host_pages >= 0, q.host_pages <= c.o.blocks(q.capacity))
 
 
 @per_request
@@ -162,7 +170,7 @@ def grown_context_holds_target(c: Ctx, s: State, q: Req) -> Term:
     o = c.o
     return o.implies(
         o.and_(q.resized, o.not_(q.ran), o.not_(q.ctx_reverted)),
-        o.and_(q.phase == CONTEXT, q.has_cache, q.status == ACTIVE, o.not_(q.on_host),
+        o.and_(q.phase == CONTEXT, q.has_cache, q.status == ACTIVE, q.host_pages == 0,
                q.capacity >= context_target(c, q)))
 
 
@@ -218,7 +226,7 @@ def reverted_context_pins_nothing_new(c: Ctx, s: State, q: Req) -> Term:
     return o.implies(
         o.and_(q.ctx_reverted, q.resized, o.not_(q.ran), q.phase == CONTEXT, q.has_cache),
         o.and_(q.capacity == q.pos, q.status == o.ite(q.pos > 0, SUSPENDED, ACTIVE),
-               o.not_(q.on_host)))
+               q.host_pages == 0))
 
 
 @per_request
@@ -246,7 +254,7 @@ def outstanding_growth_is_in_batch(c: Ctx, s: State, q: Req) -> Term:
     o = c.o
     return o.implies(q.gen_outstanding, o.and_(
         q.gen_grown, q.gen_tried, o.not_(q.gen_reverted), o.not_(q.ran), q.has_cache,
-        q.status == ACTIVE, o.not_(q.on_host), q.capacity >= q.history + 1 + q.draft_len))
+        q.status == ACTIVE, q.host_pages == 0, q.capacity >= q.history + 1 + q.draft_len))
 
 
 @per_request
@@ -293,7 +301,7 @@ def grown_generation_covers_record(c: Ctx, s: State, q: Req) -> Term:
     o = c.o
     return o.implies(o.and_(q.gen_grown, o.not_(q.gen_reverted), o.not_(q.ran)),
                      o.and_(q.draft_record == q.draft_len, q.has_cache, q.status == ACTIVE,
-                            o.not_(q.on_host), q.capacity >= q.history + 1 + q.draft_len))
+                            q.host_pages == 0, q.capacity >= q.history + 1 + q.draft_len))
 
 
 LEMMAS: tuple[Lemma, ...] = tuple(LEMMAS_LIST)

@@ -15,6 +15,7 @@ from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 
 from .actions import protocol_actions
+from .eviction import victim_caps, victim_choices, victim_slots
 from .invariants import PROPERTIES, Property
 from .ops import ConcreteOps, Term
 from .registry import Action, Ctx, Outcome
@@ -56,6 +57,7 @@ class Model:
         self.actions: tuple[Action, ...] = protocol_actions(abstract_rest)
         self._by_name = {a.name: a for a in self.actions}
         self._arg_tuples = {a.name: a.argument_tuples(config) for a in self.actions}
+        self._victim_slots = victim_slots(self.ctx, self.initial())
 
     def initial(self) -> State:
         """The initial state: every slot empty, every page free."""
@@ -71,29 +73,73 @@ class Model:
             raise InvalidArgument(
                 f"unknown action {name!r}; known: {', '.join(self._by_name)}") from None
 
-    def _check_args(self, a: Action, r: int, args: Mapping[str, Any]) -> None:
+    def _check_args(self, s: State, a: Action, r: int, args: Mapping[str, Any]
+                    ) -> dict[str, Any]:
+        """``args`` checked, with an omitted ``demote`` filled in when the state admits
+        exactly one victim vector (no eviction needed: all zeros)."""
         names = {p.name for p in a.params}
-        if set(args) != names:
-            raise InvalidArgument(
-                f"{a.name}: parameters {sorted(args)} given, {sorted(names)} expected")
         if a.per_request and not (0 <= r < self.config.num_requests):
             raise InvalidArgument(
                 f"{a.name}: request slot r={r} outside 0..{self.config.num_requests - 1}")
+        out = dict(args)
+        if a.demand is not None and "demote" not in out:
+            choices = victim_choices([int(x) for x in victim_caps(self.ctx, s, r)],
+                                     int(a.demand(self.ctx, s, r)))
+            if len(choices) != 1:
+                raise InvalidArgument(
+                    f"{a.name}(r={r}): this step evicts implicitly and the victims are a"
+                    f" choice; give demote=, one of {choices[:4]}"
+                    f"{' ...' if len(choices) > 4 else ''}")
+            out["demote"] = choices[0]
+        if set(out) != names:
+            raise InvalidArgument(
+                f"{a.name}: parameters {sorted(out)} given, {sorted(names)} expected")
+        for p in a.params:
+            if p.kind != "slots":
+                continue
+            v, n = out[p.name], self._victim_slots
+            if isinstance(v, list):
+                v = out[p.name] = tuple(v)
+            if (not isinstance(v, tuple) or len(v) != n
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
+                raise InvalidArgument(
+                    f"{a.name}: {p.name}={v!r} must be a tuple of {n} page counts, one per"
+                    " request slot" + (" and one for the rest" if self.ctx.abstract_rest else ""))
+        return out
+
+    def arguments(self, s: State, a: Action, r: int) -> list[dict[str, Any]]:
+        """The argument assignments generators try for ``a`` on slot ``r`` in ``s``: the
+        fixed tuples, and for an action that evicts, every admissible ``demote`` vector
+        (:func:`~kvspec.spec.eviction.victim_choices`). Cost: O(1) for actions that do not
+        evict, one demand evaluation plus O(choices) for those that do."""
+        fixed = self._arg_tuples[a.name]
+        if a.demand is None:
+            return fixed
+        caps = [int(x) for x in victim_caps(self.ctx, s, r)]
+        total = int(a.demand(self.ctx, s, r))
+        return [{**args, "demote": v} for v in victim_choices(caps, total) for args in fixed]
 
     def enabled(self, s: State, name: str, r: int = 0, **args: Any) -> bool:
         """Whether the guard of ``name`` holds in ``s`` for slot ``r`` and ``args``."""
         a = self.action(name)
-        self._check_args(a, r, args)
-        return bool(a.guard(self.ctx, s, r, **args))
+        try:
+            full = self._check_args(s, a, r, args)
+        except InvalidArgument:
+            if a.demand is None or "demote" in args:
+                raise
+            return any(a.guard(self.ctx, s, r, **x) for x in self.arguments(s, a, r)
+                       if all(x[k] == v for k, v in args.items()))
+        return bool(a.guard(self.ctx, s, r, **full))
 
     def step(self, s: State, name: str, r: int = 0, **args: Any) -> Outcome:
-        """Apply ``name`` to ``s``. A disabled action raises :class:`InvalidArgument`."""
+        """Apply ``name`` to ``s``. A disabled action raises :class:`InvalidArgument`; an
+        action that evicts may omit ``demote`` when only one victim vector is admissible."""
         a = self.action(name)
-        self._check_args(a, r, args)
-        if not a.guard(self.ctx, s, r, **args):
+        full = self._check_args(s, a, r, args)
+        if not a.guard(self.ctx, s, r, **full):
             raise InvalidArgument(
-                f"{a.name}(r={r}, {dict(args)}) is not enabled in this state (stage {s.stage})")
-        return transition(self.ctx, a, s, r, args)
+                f"{a.name}(r={r}, {full}) is not enabled in this state (stage {s.stage})")
+        return transition(self.ctx, a, s, r, full)
 
     def violations(self, s: State, properties: tuple[Property, ...] = PROPERTIES
                    ) -> list[str]:
@@ -101,10 +147,11 @@ class Model:
         return [p.id for p in properties if not p.check(self.ctx, s)]
 
     def enabled_steps(self, s: State) -> Iterator[tuple[str, int, dict[str, Any]]]:
-        """Every enabled (action, slot, args) over the config's finite parameter domains, in
-        registry order (the order BFS and action-index paths rely on)."""
+        """Every enabled (action, slot, args) over the config's finite parameter domains and
+        the admissible victim vectors (:meth:`arguments`), in registry order (the order BFS
+        and action-index paths rely on)."""
         for a in self.actions:
             for r in a.slots(self.config):
-                for args in self._arg_tuples[a.name]:
+                for args in self.arguments(s, a, r):
                     if a.guard(self.ctx, s, r, **args):
                         yield a.name, r, args

@@ -47,6 +47,7 @@ from kvspec.errors import InvalidArgument, KVSpecError
 from kvspec.policy import Policy
 
 from .actions import protocol_actions
+from .eviction import victim_slots
 from .invariants import PROPERTIES, Property
 from .lemmas import LEMMAS
 from .model import transition
@@ -320,29 +321,62 @@ class StepVars:
 
     act: z3.ArithRef
     slot: z3.ArithRef
-    params: dict[tuple[str, str], z3.ExprRef]
+    params: dict[tuple[str, str], Any]  # a z3 term, or a tuple of them for ``slots``
 
 
 def transition_relation(c: Ctx, actions: Sequence[Action], s: State, t: State, tag: str,
                         bound: int | None = None) -> tuple[z3.BoolRef, StepVars]:
     """T(s, t): some enabled action with some parameters takes ``s`` to ``t``."""
     act, slot = z3.Int(f"{tag}.act"), z3.Int(f"{tag}.slot")
-    params: dict[tuple[str, str], z3.ExprRef] = {}
+    params: dict[tuple[str, str], Any] = {}
     disjuncts = []
     for i, a in enumerate(actions):
         args: dict[str, Any] = {}
         for p in a.params:
-            v = z3.Bool(f"{tag}.{a.name}.{p.name}") if p.kind == "bool" else z3.Int(
-                f"{tag}.{a.name}.{p.name}")
+            name = f"{tag}.{a.name}.{p.name}"
+            v: Any
+            if p.kind == "slots":
+                v = tuple(z3.Int(f"{name}.{j}") for j in range(victim_slots(c, s)))
+            else:
+                v = z3.Bool(name) if p.kind == "bool" else z3.Int(name)
             params[(a.name, p.name)] = v
             args[p.name] = v
-        bounds = [] if bound is None else [
-            z3.And(v >= -bound, v <= bound) for v in args.values() if not z3.is_bool(v)]
+        ints = [x for v in args.values() for x in (v if isinstance(v, tuple) else (v,))
+                if not z3.is_bool(x)]
+        bounds = [] if bound is None else [z3.And(v >= -bound, v <= bound) for v in ints]
         for r in range(len(s.reqs) if a.per_request else 1):
             out = transition(c, a, s, r, args)
             disjuncts.append(z3.And(act == i, slot == r, a.guard(c, s, r, **args), *bounds,
                                     state_eq(out.state, t)))
     return z3.Or(*disjuncts), StepVars(act, slot, params)
+
+
+class RelationTemplate:
+    """One transition relation built once and instantiated per pair of frames by z3's
+    ``substitute`` (C-side, far cheaper than building the terms again in Python): BMC and
+    k-induction unroll the same relation many times."""
+
+    def __init__(self, c: Ctx, actions: Sequence[Action], n: int, bound: int | None = None
+                 ) -> None:
+        self.s, self.t = sym_state("tpl.s", n), sym_state("tpl.t", n)
+        self.relation, self.vars = transition_relation(c, actions, self.s, self.t, "tpl", bound)
+
+    def instance(self, s: State, t: State, tag: str) -> tuple[z3.BoolRef, StepVars]:
+        """T(s, t) with fresh step variables named after ``tag``."""
+        pairs = list(zip(_flat(self.s), _flat(s))) + list(zip(_flat(self.t), _flat(t)))
+        act, slot = z3.Int(f"{tag}.act"), z3.Int(f"{tag}.slot")
+        pairs += [(self.vars.act, act), (self.vars.slot, slot)]
+        params: dict[tuple[str, str], Any] = {}
+        for key, v in self.vars.params.items():
+            if isinstance(v, tuple):
+                fresh: Any = tuple(z3.Const(str(x).replace("tpl.", f"{tag}.", 1), x.sort())
+                                   for x in v)
+                pairs += list(zip(v, fresh))
+            else:
+                fresh = z3.Const(str(v).replace("tpl.", f"{tag}.", 1), v.sort())
+                pairs.append((v, fresh))
+            params[key] = fresh
+        return z3.substitute(self.relation, *pairs), StepVars(act, slot, params)
 
 
 def _ctx(config: Config, policy: Policy, blocks_b: int | None, abstract: bool) -> Ctx:
@@ -485,8 +519,9 @@ def k_induction(config: Config, policy: Policy, prop: Property, kept: InductionR
     kept_fns = _by_name(kept.certificate) if kept.complete else []
     sol = z3.Solver()
     parts = []
+    template = RelationTemplate(c, protocol_actions(True), 1)
     for i in range(k):
-        tr, _ = transition_relation(c, protocol_actions(True), frames[i], frames[i + 1], f"k{i}")
+        tr, _ = template.instance(frames[i], frames[i + 1], f"k{i}")
         parts.append(tr)
         parts.append(prop.check(c, frames[i]))
         parts.extend(fn(c, frames[i]) for fn in kept_fns)
@@ -534,10 +569,13 @@ def bmc_search(config: Config, policy: Policy, targets: Sequence[Property], max_
     step_vars: list[StepVars] = []
     out = BmcResult()
     pending = list(targets)
+    template: RelationTemplate | None = None
     for depth in range(0, max_depth + 1):
         if depth > 0:
             nxt = sym_state(f"b{depth}", num_requests)
-            tr, sv = transition_relation(c, acts, frames[-1], nxt, f"t{depth}", BMC_VALUE_BOUND)
+            if template is None:
+                template = RelationTemplate(c, acts, num_requests, BMC_VALUE_BOUND)
+            tr, sv = template.instance(frames[-1], nxt, f"t{depth}")
             sol.add(tr)
             frames.append(nxt)
             step_vars.append(sv)
@@ -580,6 +618,8 @@ def bmc(config: Config, policy: Policy, targets: Sequence[Property], max_depth: 
 def _decode(m: z3.ModelRef, config: Config, policy: Policy, frames: list[State],
             step_vars: list[StepVars], acts: Sequence[Action], prop: Property) -> Trace:
     def val(e: Any) -> Any:
+        if isinstance(e, tuple):
+            return tuple(val(x) for x in e)
         v = m.eval(e, model_completion=True)
         return bool(z3.is_true(v)) if z3.is_bool(v) else v.as_long()
 

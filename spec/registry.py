@@ -36,15 +36,21 @@ class Ctx:
 
 @dataclass(frozen=True)
 class Param:
-    """An action parameter: integer (``lo <= x``; generators draw up to ``hi(config)``) or bool."""
+    """An action parameter: integer (``lo <= x``; generators draw up to ``hi(config)``), bool,
+    or ``slots``: a tuple of page counts, one per request slot (the victims of implicit
+    eviction, :mod:`.eviction`), whose admissible values depend on the state and which
+    generators take from :meth:`kvspec.spec.model.Model.arguments`."""
 
     name: str
-    kind: str = "int"  # "int" | "bool"
+    kind: str = "int"  # "int" | "bool" | "slots"
     lo: int = 0
     hi: Callable[[Config], int] | None = None
 
     def domain(self, config: Config) -> range | tuple[bool, bool]:
-        """The finite values generators draw from."""
+        """The finite values generators draw from (``slots`` parameters have none: their
+        values depend on the state)."""
+        if self.kind == "slots":
+            return ()
         if self.kind == "bool":
             return (False, True)
         hi = self.hi(config) if self.hi is not None else self.lo
@@ -60,6 +66,8 @@ class Outcome(NamedTuple):
 
 Guard = Callable[..., Term]
 Effect = Callable[..., Outcome]
+Demand = Callable[["Ctx", "State", int], Term]
+"""``demand(c, s, r)``: the GPU pages an action must demote to make room (0 when it fails)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ class Action:
     """One protocol action: its TensorRT-LLM name, parameters, guard and effect.
 
     ``per_request`` actions take the request slot ``r`` first. ``atomic_on_false`` marks actions
-    whose False return means failure, so INV-ATOMIC applies to them.
+    whose False return means failure, so INV-ATOMIC applies to them. ``demand`` is set on
+    actions that may evict implicitly: their ``demote`` parameter must sum to it.
     """
 
     name: str
@@ -78,12 +87,16 @@ class Action:
     returns: bool
     atomic_on_false: bool
     doc: str
+    demand: Demand | None = None
 
     def argument_tuples(self, config: Config) -> list[dict[str, Any]]:
-        """Every argument assignment over the parameters' finite domains, in a fixed order
-        (the order enumeration, BFS and action-index paths rely on)."""
+        """Every assignment of the parameters with finite domains (``slots`` parameters
+        excluded: :meth:`kvspec.spec.model.Model.arguments` adds them per state), in a fixed
+        order (the order enumeration, BFS and action-index paths rely on)."""
         out: list[dict[str, Any]] = [{}]
         for p in self.params:
+            if p.kind == "slots":
+                continue
             out = [{**c, p.name: v} for c in out for v in p.domain(config)]
         return out
 
@@ -99,8 +112,8 @@ class ActionRegistry:
         self._actions: dict[str, Action] = {}
 
     def action(self, *, guard: Guard, params: tuple[Param, ...] = (), per_request: bool = True,
-               returns: bool = False, atomic_on_false: bool = False
-               ) -> Callable[[Effect], Effect]:
+               returns: bool = False, atomic_on_false: bool = False,
+               demand: Demand | None = None) -> Callable[[Effect], Effect]:
         """Register the decorated effect under its function name with ``guard``."""
 
         def record(effect: Effect) -> Effect:
@@ -109,6 +122,11 @@ class ActionRegistry:
                 raise InvalidDefinition(f"action {name!r} is declared twice; names are unique")
             if not callable(guard):
                 raise InvalidDefinition(f"action {name!r}: guard {guard!r} is not callable")
+            slot_params = [p for p in params if p.kind == "slots"]
+            if (demand is None) != (not slot_params) or len(slot_params) > 1:
+                raise InvalidDefinition(
+                    f"action {name!r}: an action that evicts declares one 'slots' parameter"
+                    " and its demand together")
             seen = {p.name for p in params}
             if len(seen) != len(params) or "r" in seen:
                 raise InvalidDefinition(
@@ -117,7 +135,7 @@ class ActionRegistry:
             self._actions[name] = Action(
                 name=name, params=params, per_request=per_request, guard=guard, effect=effect,
                 returns=returns, atomic_on_false=atomic_on_false,
-                doc=(effect.__doc__ or "").strip())
+                doc=(effect.__doc__ or "").strip(), demand=demand)
             return effect
 
         return record

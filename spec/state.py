@@ -38,7 +38,7 @@ class Req(NamedTuple):
     has_cache: Term = False
     status: Term = SUSPENDED
     never_resumed: Term = False
-    on_host: Term = False
+    host_pages: Term = 0  # pages of this cache on the host tier (0..blocks(capacity))
     capacity: Term = 0
     history: Term = 0
     committed: Term = 0
@@ -73,6 +73,7 @@ class State(NamedTuple):
     host_free: Term = 0
     rest_gpu: Term = 0  # pages held by requests outside the model (abstract mode only)
     rest_evictable: Term = 0  # of which evictable (abstract mode only)
+    rest_host: Term = 0  # host pages held by requests outside the model (abstract mode only)
     num_gpu_pages: Term = 0
     num_host_pages: Term = 0
     max_rewind_len: Term = 0
@@ -118,30 +119,36 @@ def with_req(s: State, r: int, q: Req) -> State:
 
 
 def gpu_pages(o: Ops, q: Req) -> Term:
-    """GPU pages held by the cache of ``q``."""
-    return o.ite(o.and_(q.has_cache, o.not_(q.on_host)), o.blocks(q.capacity), 0)
+    """GPU pages held by the cache of ``q``: its pages not on the host tier."""
+    return o.ite(q.has_cache, o.blocks(q.capacity) - q.host_pages, 0)
 
 
-def host_pages(o: Ops, q: Req) -> Term:
+def host_held(o: Ops, q: Req) -> Term:
     """Host-tier pages held by the cache of ``q``."""
-    return o.ite(o.and_(q.has_cache, q.on_host), o.blocks(q.capacity), 0)
+    return o.ite(q.has_cache, q.host_pages, 0)
 
 
 def pinned(o: Ops, q: Req, host_tier: bool) -> Term:
     """GPU pages ``q`` pins: those of an ACTIVE cache, and those no lower tier can take."""
     holds = q.status == ACTIVE if host_tier else True
-    return o.ite(o.and_(q.has_cache, o.not_(q.on_host), holds), o.blocks(q.capacity), 0)
+    return o.ite(o.and_(q.has_cache, holds), o.blocks(q.capacity) - q.host_pages, 0)
+
+
+def evictable_pages(o: Ops, q: Req, host_tier: bool) -> Term:
+    """GPU pages of ``q`` that eviction may demote: those of a SUSPENDED cache (HELD, not
+    locked) when a host tier exists (TRT ``StorageManager.is_evictable``)."""
+    if not host_tier:
+        return 0
+    return o.ite(o.and_(q.has_cache, q.status == SUSPENDED), o.blocks(q.capacity) - q.host_pages,
+                 0)
 
 
 def evictable(o: Ops, s: State, host_tier: bool) -> Term:
-    """GPU pages that eviction could free: SUSPENDED caches on GPU when a host tier exists."""
-    if not host_tier:
-        return 0
+    """GPU pages that eviction could free: every suspended cache's GPU pages (tracked slots
+    only; callers add ``rest_evictable``)."""
     total: Term = 0
     for q in s.reqs:
-        total = total + o.ite(
-            o.and_(q.has_cache, q.status == SUSPENDED, o.not_(q.on_host)),
-            o.blocks(q.capacity), 0)
+        total = total + evictable_pages(o, q, host_tier)
     return total
 
 

@@ -33,12 +33,13 @@ from .model import Model
 from .registry import Action
 from .state import NONE, PHASE_NAMES, STAGE_NAMES, STATUS_NAMES, State
 
-TRACE_FORMAT = "kvspec-trace/1"
+TRACE_FORMAT = "kvspec-trace/2"
+"""/2: per-page host residency (``host_pages``) and the ``demote`` victims of implicit eviction."""
 HEADER_FIELDS = ("format", "policy", "config", "violated", "source", "abstract_rest")
 """Every header field; ``format``, ``policy`` and ``config`` are required."""
 STEP_FIELDS = ("i", "action", "r", "args", "result", "digest")
 """Every step field; ``action`` is required, and ``r`` for per-request actions."""
-_REQ_OBSERVED = ("phase", "pos", "has_cache", "status", "on_host", "capacity", "history",
+_REQ_OBSERVED = ("phase", "pos", "has_cache", "status", "host_pages", "capacity", "history",
                  "committed", "snapshot", "draft_record")
 _MAKE_ONE = "re-export it with `kvspec prove --export DIR` or `kvspec walk --export DIR`"
 
@@ -521,7 +522,8 @@ def state_line(s: State) -> str:
     for r, q in enumerate(s.reqs):
         if q.phase == 0 and not q.has_cache:
             continue
-        cache = (f"{STATUS_NAMES.get(q.status, q.status)}{'@host' if q.on_host else ''} "
+        cache = (f"{STATUS_NAMES.get(q.status, q.status)}"
+                 f"{f'({q.host_pages}@host)' if q.host_pages else ''} "
                  f"cap={q.capacity} hist={q.history} snap={_show('snapshot', q.snapshot)} "
                  f"draft_rec={_show('draft_record', q.draft_record)}"
                  if q.has_cache else "no cache")
@@ -712,6 +714,11 @@ def _header(h: Any, at: str) -> tuple[Policy, Config, tuple[str, ...], str, bool
             raise InvalidArgument(
                 f"{at}: the header has no {req!r} field; a {TRACE_FORMAT} header needs format, "
                 f"policy and config; {_MAKE_ONE}")
+    if h["format"] == "kvspec-trace/1":
+        raise InvalidArgument(
+            f"{at}: header format 'kvspec-trace/1' predates per-page host residency and"
+            f" implicit eviction (growth and resume now take a 'demote' argument); {_MAKE_ONE}"
+            f" with this kvspec ({TRACE_FORMAT!r})")
     if h["format"] != TRACE_FORMAT:
         raise InvalidArgument(f"{at}: header format={_v(h['format'])}; expected "
                               f"{TRACE_FORMAT!r} (this kvspec reads only that format)")
@@ -880,13 +887,22 @@ def _args(v: Any, at: str, a: Action) -> dict[str, Any]:
         raise InvalidArgument(f"{at}: {a.name} has no parameter(s) "
                               f"{', '.join(map(repr, unknown))}; its parameters: "
                               f"{', '.join(names) or 'none'}")
-    missing = [p for p in names if p not in v]
+    missing = [p.name for p in a.params if p.name not in v and p.kind != "slots"]
     if missing:
         raise InvalidArgument(f"{at}: {a.name} args lack {', '.join(missing)}; give every "
                               f"parameter ({', '.join(names)})")
     out: dict[str, Any] = {}
     for p in a.params:  # in declaration order, as the renderings show them
+        if p.name not in v:
+            continue  # omitted victims: the replay fills them in when only one fits
         x = v[p.name]
+        if p.kind == "slots":
+            if (not isinstance(x, list) or not all(
+                    isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in x)):
+                raise InvalidArgument(f"{at}: {a.name} args.{p.name}={_v(x)} must be a list of"
+                                      " page counts >= 0, one per request slot")
+            out[p.name] = tuple(x)
+            continue
         if p.kind == "bool" and not isinstance(x, bool):
             raise InvalidArgument(f"{at}: {a.name} args.{p.name}={_v(x)} is a JSON "
                                   f"{_json_type(x)}; expected true or false")

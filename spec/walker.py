@@ -137,7 +137,7 @@ def _picker(m: Model, rng: random.Random
     tuple, so a state with any enabled step always yields one."""
     acts = list(m.actions)
     n = m.config.num_requests
-    combos = {a.name: a.argument_tuples(m.config) for a in acts}
+    arguments = m.arguments
     weight = [STAGE_ACTION_WEIGHT if not a.per_request else 1.0 for a in acts]
     order = list(range(len(acts)))
     rand = rng.random
@@ -149,14 +149,16 @@ def _picker(m: Model, rng: random.Random
             if weight[i] < 1.0 and rand() > weight[i]:
                 continue
             r = int(rand() * n) if a.per_request else 0
-            options = combos[a.name]
+            options = arguments(s, a, r)
+            if not options:
+                continue
             args = options[int(rand() * len(options))]
             if a.guard(m.ctx, s, r, **args):
                 return a.name, r, args
         for i in order:  # second pass: no weights, every slot, every argument tuple
             a = acts[i]
             for r in a.slots(m.config):
-                for args in combos[a.name]:
+                for args in arguments(s, a, r):
                     if a.guard(m.ctx, s, r, **args):
                         return a.name, r, args
         return None
@@ -171,13 +173,28 @@ def violates(trace: Trace, property_id: str) -> Trace | None:
     s = m.initial()
     kept: list[Step] = []
     for st in trace.steps:
-        if not m.enabled(s, st.action, st.r, **st.args):
+        args = st.args if m.enabled(s, st.action, st.r, **st.args) else _rechosen(m, s, st)
+        if args is None:
             continue
-        s, res = m.step(s, st.action, st.r, **st.args)
-        kept.append(Step(st.action, st.r, st.args, None if res is None else bool(res)))
+        s, res = m.step(s, st.action, st.r, **args)
+        kept.append(Step(st.action, st.r, args, None if res is None else bool(res)))
         if property_id in m.violations(s):
             return Trace(trace.policy, trace.config, tuple(kept), (property_id,), trace.source,
                          trace.abstract_rest)
+    return None
+
+
+def _rechosen(m: Model, s: State, st: Step) -> dict[str, Any] | None:
+    """For a step whose recorded victims no longer fit (an earlier step was dropped), the
+    same call with the first admissible ``demote`` vector; None if the action is disabled."""
+    a = m.action(st.action)
+    if a.demand is None:
+        return None
+    fixed = {k: v for k, v in st.args.items() if k != "demote"}
+    for args in m.arguments(s, a, st.r):
+        if {k: v for k, v in args.items() if k != "demote"} == fixed and a.guard(
+                m.ctx, s, st.r, **args):
+            return args
     return None
 
 

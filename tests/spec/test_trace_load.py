@@ -172,9 +172,9 @@ def test_bad_steps_name_the_line_field_and_value(what: str, index: int,
     ("[1, 2]", ["line 1", "JSON array"]),
     ("3", ["line 1", "JSON number"]),
     ("null", ["JSON null"]),
-    ('"kvspec-trace/1"', ["JSON string"]),
+    ('"kvspec-trace/2"', ["JSON string"]),
     (LINES[0].replace("3/4", "NaN").replace('"NaN"', "NaN"), ["not valid JSON", "NaN"]),
-    ('{"format": "kvspec-trace/1", "format": "x"}', ["duplicate key 'format'"]),
+    ('{"format": "kvspec-trace/2", "format": "x"}', ["duplicate key 'format'"]),
     ("[" * 100_000, ["line 1"]),
     (LINES[0] + "\n[1]", ["line 2", "JSON array"]),
     (LINES[0] + "\n\n" + LINES[1] + "\n{", ["line 4", "not valid JSON"]),
@@ -189,7 +189,7 @@ def test_malformed_text_is_refused_with_the_line(text: str, needles: list[str]) 
 def test_optional_fields_may_be_left_out() -> None:
     """A hand-written trace: a preset by name, steps without i, result, digest, and r for
     global actions; it loads and replays (unverified)."""
-    header = {"format": "kvspec-trace/1", "policy": "pr14849",
+    header = {"format": "kvspec-trace/2", "policy": "pr14849",
               "config": json.loads(LINES[0])["config"]}
     steps = [{"action": s.action, **({"r": s.r} if s.action not in ("decide", "end_iteration")
                                      else {}), "args": s.args} for s in HOLD]
@@ -208,7 +208,7 @@ def test_args_are_kept_in_declaration_order() -> None:
 
 
 def test_abstract_traces_may_use_others() -> None:
-    steps = (Step("others", 0, {"delta": 1, "evictable": 0}),)
+    steps = (Step("others", 0, {"delta": 1, "evictable": 0, "host_delta": 0}),)
     t = with_digests(Trace(get_policy("pr14849"), Config(), steps, abstract_rest=True))
     assert Trace.from_jsonl(t.to_jsonl()) == t
 
