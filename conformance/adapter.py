@@ -4,8 +4,9 @@ checked against the model, and resolution of ``"module:factory"`` strings.
 An implementation is given to conformance as a *factory* ``factory(config, policy) -> manager``.
 The manager never imports the model; :mod:`kvspec.conformance.driver` maps its state to the
 model's. Required: the protocol operations and observations below. Optional (checked with
-``hasattr``): ``is_never_resumed``, ``check_integrity``, ``snapshot_state`` and
-``free_page_ids`` (which makes the page-partition check exact instead of count-based).
+``hasattr``): ``is_never_resumed``, ``check_integrity``, ``snapshot_state``,
+``free_page_ids`` (which makes the page-partition check exact instead of count-based) and
+``get_page_tiers`` (the tier of each page-table entry, for caches partly on the host).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class KVManager(Protocol):
     def get_history(self, rid: int) -> int: ...
     def get_committed(self, rid: int) -> int: ...
     def get_status(self, rid: int) -> int: ...
-    def is_on_host(self, rid: int) -> bool: ...
+    def get_host_pages(self, rid: int) -> int: ...
     def get_page_table(self, rid: int) -> Sequence[int]: ...
     def get_draft_record(self, rid: int) -> int | None: ...
 
@@ -85,11 +86,11 @@ REQUIRED_METHODS: tuple[str, ...] = (
     "prepare_context", "resize_context", "revert_allocate_context", "try_allocate_generation",
     "revert_allocate_generation", "update_context_resources", "update_resources",
     "suspend_request", "resume_request", "evict_to_host", "free_resources", "has_cache",
-    "get_capacity", "get_history", "get_committed", "get_status", "is_on_host", "get_page_table",
-    "get_draft_record")
+    "get_capacity", "get_history", "get_committed", "get_status", "get_host_pages",
+    "get_page_table", "get_draft_record")
 REQUIRED_PROPERTIES: tuple[str, ...] = ("num_free_gpu_pages", "num_free_host_pages")
 OPTIONAL_METHODS: tuple[str, ...] = ("is_never_resumed", "check_integrity", "snapshot_state",
-                                     "free_page_ids")
+                                     "free_page_ids", "get_page_tiers")
 
 
 def missing_api(manager: object) -> list[str]:

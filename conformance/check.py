@@ -27,6 +27,7 @@ from kvspec.spec.trace import Step, Trace
 
 from .adapter import Factory, resolve_factory
 from .lockstep import Lockstep, run_steps
+from .misuse import MisuseFinding, merge, render_warnings
 from .report import Divergence, TierResult, impl_label, render_config
 from .shrink import shrink
 from .walker import Sampler
@@ -116,6 +117,8 @@ class CheckReport:
     ``KeyboardInterrupt`` stopped the check; the tiers hold what was done before it (a
     divergence found before the interrupt is kept, unshrunk if shrinking was cut short).
     ``trace`` is the divergence as a replayable :class:`~kvspec.spec.trace.Trace`.
+    ``warnings``: the first tolerated misuse of each kind over the tiers (``ok`` stays True);
+    ``strict``: the check ran with ``strict=True`` (a tolerated misuse is a divergence).
     """
 
     impl: str
@@ -126,6 +129,7 @@ class CheckReport:
     configs: tuple[Config, ...] = ()
     interrupted: bool = False
     hypothesis_dir: str | None = None
+    strict: bool = False
 
     @property
     def ok(self) -> bool:
@@ -152,14 +156,23 @@ class CheckReport:
     def steps(self) -> int:
         return sum(t.steps for t in self.tiers)
 
+    @property
+    def warnings(self) -> list[MisuseFinding]:
+        """The first tolerated misuse of each kind over the tiers, in tier order."""
+        out: list[MisuseFinding] = []
+        for t in self.tiers:
+            merge(out, t.warnings)
+        return out
+
     def render(self) -> str:
         """Head (impl, policy, seed, verdict), the config(s), one line per tier, where an
-        interrupt stopped it, which run and config failed, then the divergence report."""
+        interrupt stopped it, which run and config failed, the divergence report, then the
+        misuse warnings (one line each)."""
         verdict = "OK" if self.ok else "DIVERGES"
         if self.interrupted:
             verdict = "INTERRUPTED" if self.ok else "DIVERGES (interrupted)"
-        lines = [f"kvspec check: impl {self.impl}, policy {self.policy}, seed {self.seed}:"
-                 f" {verdict}"]
+        lines = [f"kvspec check: impl {self.impl}, policy {self.policy}, seed {self.seed}"
+                 f"{', strict' if self.strict else ''}: {verdict}"]
         if self.config is not None:
             lines.append(f"  config: {render_config(self.config)}")
         else:
@@ -194,20 +207,23 @@ class CheckReport:
             lines.append(where)
             lines.append(t.divergence.render())
             break
+        lines.extend(render_warnings(self.warnings))
         return "\n".join(lines)
 
 
 def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: int,
          seed: int, length: int = 60, impl_name: str = "",
          shrink_failures: bool = True, progress: Progress | None = None,
-         latch: InterruptLatch | None = None) -> TierResult:
+         latch: InterruptLatch | None = None, strict: bool = False) -> TierResult:
     """The walker tier: ``walks`` seeded walks of ``length`` steps (configs cycled).
 
     Stops at the first divergence and shrinks it; the result names the failing run, its
     config (and index in ``configs``) and its RNG seed. ``progress("walker", done, walks)``
     after each walk. A ``KeyboardInterrupt`` inside the loop stops the tier with
     ``interrupted=True`` (a divergence found before it is kept, unshrunk if shrinking was
-    cut short). Cost: ~0.1-0.3 ms per step with the reference.
+    cut short). ``strict``: see :class:`~kvspec.conformance.lockstep.Lockstep`; misuse
+    warnings (first of each kind) go to ``warnings`` with their run. Cost: ~0.1-0.3 ms per
+    step with the reference.
     """
     res = TierResult("walker", runs_total=walks)
     latch = latch if latch is not None else InterruptLatch()
@@ -217,7 +233,7 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
             latch.check()
             ci = w % len(configs)
             config = configs[ci]
-            lock = Lockstep(factory, config, policy, impl_name=impl_name)
+            lock = Lockstep(factory, config, policy, impl_name=impl_name, strict=strict)
             div = lock.initial_divergence()
             sampler = Sampler(lock.model, random.Random(f"{seed}:{w}"))
             for _ in range(length):
@@ -229,6 +245,8 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
                 div = lock.step(*nxt)
                 res.steps += 1
             res.runs += 1  # completed walks (an interrupted one counts its steps only)
+            merge(res.warnings, lock.warnings, f"walker run {w + 1} (run seed '{seed}:{w}')"
+                  + (f", config #{ci}" if len(configs) > 1 else ""))
             if div is not None:  # recorded first: an interrupt from here on keeps it
                 res.divergence, res.failed_run, res.run_seed = div, w + 1, f"{seed}:{w}"
                 res.config = config
@@ -236,7 +254,7 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
             if progress is not None:
                 progress("walker", w + 1, walks)
             if div is not None:
-                rerun = _rerun(factory, config, policy, impl_name)
+                rerun = _rerun(factory, config, policy, impl_name, strict)
                 if shrink_failures and div.index > 0:
                     div = shrink(div, rerun)
                 res.divergence = _settle(div, rerun, res)
@@ -248,10 +266,10 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
     return res
 
 
-def _rerun(factory: Factory, config: Config, policy: Policy, impl_name: str
-           ) -> Callable[[Sequence[Step]], Divergence | None]:
+def _rerun(factory: Factory, config: Config, policy: Policy, impl_name: str,
+           strict: bool = False) -> Callable[[Sequence[Step]], Divergence | None]:
     def run(steps: Sequence[Step]) -> Divergence | None:
-        return run_steps(factory, config, policy, steps, impl_name=impl_name)
+        return run_steps(factory, config, policy, steps, impl_name=impl_name, strict=strict)
     return run
 
 
@@ -291,7 +309,7 @@ def hypothesis_tier(factory: Factory, config: Config, policy: Policy, *, example
                     seed: int | None, impl_name: str = "", step_count: int = 40,
                     derandomize: bool | None = None, progress: Progress | None = None,
                     hypothesis_dir: str | os.PathLike[str] | None = None,
-                    latch: InterruptLatch | None = None) -> TierResult:
+                    latch: InterruptLatch | None = None, strict: bool = False) -> TierResult:
     """The hypothesis tier: the generated state machine for ``examples`` examples.
 
     ``seed`` None keeps the active hypothesis profile's randomness (what tests want); an int
@@ -301,6 +319,8 @@ def hypothesis_tier(factory: Factory, config: Config, policy: Policy, *, example
     a directory: the example database (``DirectoryBasedExampleDatabase``, in
     ``hypothesis_dir/examples``) and hypothesis's files there, so a failure found once is
     tried first next time. A ``KeyboardInterrupt`` stops the tier with ``interrupted=True``.
+    ``strict``: see :class:`~kvspec.conformance.lockstep.Lockstep`; misuse warnings (first of
+    each kind over the examples) go to ``warnings``.
     """
     res = TierResult("hypothesis", runs_total=examples, config=config)
     done = [0]
@@ -313,6 +333,7 @@ def hypothesis_tier(factory: Factory, config: Config, policy: Policy, *, example
             progress("hypothesis", min(done[0], examples), examples)
 
     machine: Any = None
+    found_warnings: list[MisuseFinding] = []
     t0 = time.perf_counter()
     try:  # the imports too: an interrupt while hypothesis loads is an interrupt of the tier
         from hypothesis import HealthCheck, Phase, Verbosity, settings
@@ -322,7 +343,8 @@ def hypothesis_tier(factory: Factory, config: Config, policy: Policy, *, example
         from .machine import DivergenceFound, make_machine
 
         machine = make_machine(factory, config, policy, impl_name=impl_name,
-                               on_example_end=example_done, before_step=latch.check)
+                               on_example_end=example_done, before_step=latch.check,
+                               strict=strict, warnings=found_warnings)
         if seed is not None:
             machine._hypothesis_internal_use_seed = seed
         kw: dict[str, object] = {}
@@ -342,7 +364,7 @@ def hypothesis_tier(factory: Factory, config: Config, policy: Policy, *, example
                         suppress_health_check=[HealthCheck.too_slow,
                                                HealthCheck.filter_too_much],
                         **kw)  # type: ignore[arg-type]
-        rerun = _rerun(factory, config, policy, impl_name)
+        rerun = _rerun(factory, config, policy, impl_name, strict)
         try:
             with hypothesis_storage(home):
                 run_state_machine_as_test(machine, settings=opts)
@@ -363,6 +385,7 @@ def hypothesis_tier(factory: Factory, config: Config, policy: Policy, *, example
     res.seconds = time.perf_counter() - t0
     res.steps = 0 if machine is None else machine.steps_run[0]
     res.runs = min(done[0], examples)
+    merge(res.warnings, found_warnings, "a hypothesis example")
     return res
 
 
@@ -388,7 +411,8 @@ def run_check(factory_spec: str | Factory, policy: str | Policy = "pr13805-revie
               examples: int = 100, seed: int = 0, config: Config | None = None, *,
               tiers: Sequence[str] = TIERS, walk_length: int = 60,
               hypothesis_examples: int | None = None, progress: Progress | None = None,
-              hypothesis_dir: str | os.PathLike[str] | None = None) -> CheckReport:
+              hypothesis_dir: str | os.PathLike[str] | None = None,
+              strict: bool = False) -> CheckReport:
     """Check an implementation against the model under one policy.
 
     Args:
@@ -407,11 +431,16 @@ def run_check(factory_spec: str | Factory, policy: str | Policy = "pr13805-revie
             ``~/.cache/kvspec``), never the current directory. A directory (created if
             missing): hypothesis's example database and files live there, so a failure
             found once is replayed first by the next check with the same directory.
+        strict: a tolerated misuse (:mod:`~kvspec.conformance.misuse`: a double free, a free
+            of an unknown request, a suspend of a SUSPENDED cache accepted or refused with
+            another exception type) is a divergence. Without it each kind is reported once
+            in ``CheckReport.warnings`` and the check goes on; a misuse that changed the
+            manager state is a divergence either way.
 
     Returns:
-        A :class:`CheckReport` (``.ok``, ``.render()``, ``.trace``); the first tier that
-        diverges stops the check. A ``KeyboardInterrupt`` (Ctrl-C) during the tiers returns
-        the report so far with ``interrupted=True`` instead of raising.
+        A :class:`CheckReport` (``.ok``, ``.render()``, ``.trace``, ``.warnings``); the first
+        tier that diverges stops the check. A ``KeyboardInterrupt`` (Ctrl-C) during the tiers
+        returns the report so far with ``interrupted=True`` instead of raising.
 
     Raises:
         InvalidArgument: a bad factory string, policy name, tier name, example count, config
@@ -439,27 +468,29 @@ def run_check(factory_spec: str | Factory, policy: str | Policy = "pr13805-revie
     name = impl_label(factory_spec)
     configs = (config,) if config is not None else DEFAULT_CONFIGS
     report = CheckReport(name, pol.name, seed, config=config, configs=configs,
-                         hypothesis_dir=None if hyp_dir is None else str(hyp_dir))
+                         hypothesis_dir=None if hyp_dir is None else str(hyp_dir),
+                         strict=bool(strict))
     latch = InterruptLatch()
     for tier in tiers:
         with latch.installed():
             if tier == "walker":
                 res = walk(factory, configs, pol, walks=examples, seed=seed,
                            length=walk_length, impl_name=name, progress=progress,
-                           latch=latch)
+                           latch=latch, strict=bool(strict))
             else:
                 n = hypothesis_examples if hypothesis_examples is not None else \
                     max(1, examples // 5)
                 res = hypothesis_tier(factory, config or Config(), pol, examples=n, seed=seed,
                                       impl_name=name, progress=progress,
-                                      hypothesis_dir=hyp_dir, latch=latch)
+                                      hypothesis_dir=hyp_dir, latch=latch,
+                                      strict=bool(strict))
         if tier != "walker" and config is None:
             res.config_index = 0
         if res.divergence is not None:
             res.divergence.trace = replace(
                 res.divergence.trace,
                 source=f"kvspec check: impl {name}, policy {pol.name}, seed {seed},"
-                       f" {res.tier} tier"
+                       + (" strict," if strict else "") + f" {res.tier} tier"
                        + (f" run {res.failed_run}" if res.failed_run is not None else ""))
         report.tiers.append(res)
         if res.interrupted:

@@ -25,8 +25,11 @@ FLAG_IDS: dict[str, str] = {
 """The model's ghost violation flags and the invariant ids they stand for."""
 
 _ATOMIC = tuple(_F[f] for f in ("capacity", "history", "committed", "pos", "draft_record"))
-_CAP, _HIST, _STATUS, _HAS, _ONHOST = _F["capacity"], _F["history"], _F["status"], \
-    _F["has_cache"], _F["on_host"]
+_REVERT_ATOMIC = tuple(_F[f] for f in ("capacity", "history", "committed", "pos", "snapshot",
+                                        "draft_record", "status", "has_cache"))
+"""What a revert that raises must leave unchanged (the model's INV-ATOMIC for reverts)."""
+_CAP, _HIST, _STATUS, _HAS, _HOST = _F["capacity"], _F["history"], _F["status"], \
+    _F["has_cache"], _F["host_pages"]
 
 
 def _utilization_exceeded(d: Driver, obs: Observation) -> bool:
@@ -37,8 +40,8 @@ def _utilization_exceeded(d: Driver, obs: Observation) -> bool:
     evictable = 0
     if d.policy.host_tier:
         for q in obs[0]:
-            if q[_HAS] and q[_STATUS] == SUSPENDED and not q[_ONHOST]:
-                evictable += _blocks(q[_CAP], k.tokens_per_block)
+            if q[_HAS] and q[_STATUS] == SUSPENDED:
+                evictable += _blocks(q[_CAP], k.tokens_per_block) - q[_HOST]
     used = g - obs[1] - evictable
     u = k.max_util_for_resume
     return used * u.denominator > u.numerator * g
@@ -60,13 +63,16 @@ def observe_step(d: Driver, name: str, r: int, args: dict[str, Any], out: StepOu
     b, a = before[0][r], after[0][r]
     if out.raised is not None:  # refused: only what the call itself could tell
         found.add(out.raised.invariant_id)
+        if any(b[i] != a[i] for i in _REVERT_ATOMIC):
+            found.add("INV-ATOMIC")  # it raised after changing its request
         if name == "revert_allocate_generation" and _gen_revert_acts(b) \
                 and not d.gen_outstanding[r]:
             found.add("GEN-EXACTLY-ONCE")
         if name == "revert_allocate_context" and b[_F["snapshot"]] != NONE and not d.fresh[r]:
             found.add("NO-STALE-SNAPSHOT")
         return frozenset(found)
-    if name in ("prepare_context", "resize_context", "try_allocate_generation"):
+    if name in ("prepare_context", "resize_context", "try_allocate_generation",
+                "resume_request"):
         if out.result is False and any(b[i] != a[i] for i in _ATOMIC):
             found.add("INV-ATOMIC")
         if name != "resize_context" and a[_HAS] and a[_STATUS] == ACTIVE and (

@@ -16,18 +16,19 @@ from kvspec.errors import InvalidArgument, InvariantViolation, ProtocolError
 from kvspec.policy import Policy
 from kvspec.reference.request import LlmRequest, RequestState
 
+from . import misuse as _misuse
+from .misuse import MisuseFinding
+
 # The model's encodings (kept here as plain ints: the driver never imports the model).
 DONE, CONTEXT, GENERATION = 0, 1, 2
 ACTIVE, SUSPENDED = 0, 1
 NONE = -1
 
 OBS_FIELDS: tuple[str, ...] = (
-    "phase", "pos", "has_cache", "status", "never_resumed", "on_host", "capacity", "history",
+    "phase", "pos", "has_cache", "status", "never_resumed", "host_pages", "capacity", "history",
     "committed", "snapshot", "draft_record")
 """Per-slot observed fields, in :data:`SlotObs` order (the model's ``Req`` field names)."""
 F = {name: i for i, name in enumerate(OBS_FIELDS)}
-EMPTY_CACHE = (False, SUSPENDED, False, False, 0, 0, 0)
-"""has_cache .. committed of a slot without a cache (the model's empty values)."""
 
 SlotObs = tuple[int, ...]
 Observation = tuple[tuple[SlotObs, ...], int, int]
@@ -38,13 +39,13 @@ Observation = tuple[tuple[SlotObs, ...], int, int]
 class StepOutcome:
     """What one driver step did: the manager's return value (``bool(value)``, or None when it
     returned None or the call returns nothing), or the InvariantViolation it raised (state
-    unchanged), plus ids of properties the driver detected from observations and misuse-probe
-    failures."""
+    unchanged), plus ids of properties the driver detected from observations and what the
+    misuse probes found (:mod:`kvspec.conformance.misuse`; step 0, the lockstep stamps it)."""
 
     result: bool | None = None
     raised: InvariantViolation | None = None
     detected: frozenset[str] = frozenset()
-    misuse: str = ""
+    misuse: tuple[MisuseFinding, ...] = ()
 
 
 def _result(value: Any) -> bool | None:
@@ -67,8 +68,10 @@ class Driver:
     Args:
         manager: an object implementing :class:`kvspec.conformance.adapter.KVManager`.
         config, policy: the model's configuration and policy (the manager got the same).
-        probe_misuse: after each ``free_resources`` call it again and require a
-            :class:`ProtocolError` that changes nothing (double free must be refused).
+        probe_misuse: run the misuse probes of :mod:`kvspec.conformance.misuse` (after each
+            ``free_resources``: a double free and a free of an unknown id; after each
+            ``suspend_request``: a second suspend); each must raise :class:`ProtocolError`
+            and change nothing, what else happened is in ``StepOutcome.misuse``.
     """
 
     def __init__(self, manager: Any, config: Config, policy: Policy, *,
@@ -151,8 +154,9 @@ class Driver:
         return StepOutcome(result=_result(self.manager.try_allocate_generation(self._req(r))))
 
     def _suspend_request(self, r: int) -> StepOutcome:
-        self.manager.suspend_request(self._req(r))
-        return StepOutcome()
+        req = self._req(r)
+        self.manager.suspend_request(req)
+        return StepOutcome(misuse=_misuse.after_suspend(self, req) if self.probe_misuse else ())
 
     def _resume_request(self, r: int) -> StepOutcome:
         return StepOutcome(result=_result(self.manager.resume_request(self._req(r))))
@@ -168,26 +172,7 @@ class Driver:
         req.state = RequestState.GENERATION_COMPLETE
         self.reqs[r] = None
         self._reset_slot(r)
-        misuse = self._probe_double_free(req) if self.probe_misuse else ""
-        return StepOutcome(misuse=misuse)
-
-    def _probe_double_free(self, req: LlmRequest) -> str:
-        """A second free_resources must raise ProtocolError and change nothing."""
-        before = self.fingerprint()
-        try:
-            self.manager.free_resources(req)
-        except ProtocolError:
-            after = self.fingerprint()
-            if after != before:
-                return ("free_resources on an already freed request raised ProtocolError but"
-                        " changed the manager state")
-            return ""
-        except Exception as exc:  # noqa: BLE001 - any other error is the finding
-            return (f"free_resources on an already freed request raised"
-                    f" {type(exc).__name__}: {exc}; expected ProtocolError (double free)")
-        return ("free_resources on an already freed request (request"
-                f" {req.request_id}) was silently accepted; a double free must raise"
-                " ProtocolError and change nothing")
+        return StepOutcome(misuse=_misuse.after_free(self, req) if self.probe_misuse else ())
 
     def fingerprint(self) -> object:
         """A comparable value of the manager state: ``snapshot_state()`` when offered, else
@@ -205,7 +190,10 @@ class Driver:
         return StepOutcome()  # executor bookkeeping only; the manager is not involved
 
     def _revert_allocate_context(self, r: int) -> StepOutcome:
-        return StepOutcome(result=_result(self.manager.revert_allocate_context(self._req(r))))
+        value = self.manager.revert_allocate_context(self._req(r))
+        if value is None and not self.policy.free_branch_rewinds:
+            value = True  # that revision returns nothing in every branch: no signal
+        return StepOutcome(result=_result(value))
 
     def _revert_allocate_generation(self, r: int) -> StepOutcome:
         self.manager.revert_allocate_generation(self._req(r))
@@ -236,12 +224,13 @@ class Driver:
 
 
 def pinned(q: SlotObs, config: Config, policy: Policy) -> int:
-    """GPU pages a slot pins: an ACTIVE cache's, or any GPU-resident one without a host tier."""
-    if not q[2] or q[5]:
+    """GPU pages a slot pins: an ACTIVE cache's, or any suspended one's GPU pages without a
+    host tier."""
+    if not q[F["has_cache"]]:
         return 0
-    if policy.host_tier and q[3] != ACTIVE:
+    if policy.host_tier and q[F["status"]] != ACTIVE:
         return 0
-    return blocks(q[6], config.tokens_per_block)
+    return blocks(q[F["capacity"]], config.tokens_per_block) - q[F["host_pages"]]
 
 
 def abstract(driver: Driver) -> Observation:
@@ -263,7 +252,7 @@ def abstract(driver: Driver) -> Observation:
             snap = NONE if req.py_ctx_pre_resize_cap is None else req.py_ctx_pre_resize_cap
         if m.has_cache(r):
             never = int(bool(m.is_never_resumed(r))) if driver._never_resumed else -2
-            cache = (1, int(m.get_status(r)), never, int(bool(m.is_on_host(r))),
+            cache = (1, int(m.get_status(r)), never, int(m.get_host_pages(r)),
                      int(m.get_capacity(r)), int(m.get_history(r)), int(m.get_committed(r)))
         else:
             cache = (0, SUSPENDED, 0 if driver._never_resumed else -2, 0, 0, 0, 0)
@@ -277,18 +266,23 @@ def structure(driver: Driver) -> list[str]:
 
     Per tier: page ids within 1..pages, no id in two page tables or twice in one, no page both
     free and held (with ``free_page_ids``), free + held == total; per cache: table length ==
-    ceil(capacity / B), 0 <= committed <= history <= capacity, ACTIVE caches on GPU; plus the
-    manager's own ``check_integrity`` when offered. Cost: O(pages).
+    ceil(capacity / B), 0 <= committed <= history <= capacity, 0 <= host pages <= table
+    length, ACTIVE caches wholly on GPU, and (with ``get_page_tiers``) one tier per entry
+    agreeing with the host page count; plus the manager's own ``check_integrity`` when
+    offered. A cache partly on the host of a manager without ``get_page_tiers`` counts its
+    pages per tier but its ids are not checked. Cost: O(pages).
     """
     m, k = driver.manager, driver.config
     out: list[str] = []
     totals = (k.num_gpu_pages, k.num_host_pages if driver.policy.host_tier else 0)
     held: tuple[dict[int, int], dict[int, int]] = ({}, {})
+    unattributed = [0, 0]  # pages of partly demoted caches whose ids are not attributed
+    tiers_fn = getattr(m, "get_page_tiers", None)
     for r in range(k.num_requests):
         if not m.has_cache(r):
             continue
         cap, hist, com = m.get_capacity(r), m.get_history(r), m.get_committed(r)
-        on_host = bool(m.is_on_host(r))
+        host = int(m.get_host_pages(r))
         table = list(m.get_page_table(r))
         if len(table) != blocks(cap, k.tokens_per_block):
             out.append(f"slot {r}: page table has {len(table)} pages for capacity {cap}"
@@ -296,10 +290,25 @@ def structure(driver: Driver) -> list[str]:
                        f" {blocks(cap, k.tokens_per_block)})")
         if not 0 <= com <= hist <= cap:
             out.append(f"slot {r}: committed {com} <= history {hist} <= capacity {cap} fails")
-        if on_host and int(m.get_status(r)) == ACTIVE:
-            out.append(f"slot {r}: ACTIVE cache is on the host tier")
-        tier = 1 if on_host else 0
-        for page in table:
+        if not 0 <= host <= len(table):
+            out.append(f"slot {r}: {host} host pages for a page table of {len(table)}")
+            continue
+        if host and int(m.get_status(r)) == ACTIVE:
+            out.append(f"slot {r}: ACTIVE cache has {host} page(s) on the host tier")
+        if callable(tiers_fn):
+            tiers = [int(t) for t in tiers_fn(r)]
+            if len(tiers) != len(table) or sum(1 for t in tiers if t == 1) != host or any(
+                    t not in (0, 1) for t in tiers):
+                out.append(f"slot {r}: page tiers {tiers} do not match a table of"
+                           f" {len(table)} with {host} host page(s)")
+                continue
+        elif host in (0, len(table)):
+            tiers = [1 if host else 0] * len(table)
+        else:
+            unattributed[0] += len(table) - host
+            unattributed[1] += host
+            continue
+        for page, tier in zip(table, tiers):
             if not 1 <= page <= totals[tier]:
                 out.append(f"slot {r}: {'host' if tier else 'GPU'} page id {page} outside"
                            f" 1..{totals[tier]}")
@@ -311,8 +320,9 @@ def structure(driver: Driver) -> list[str]:
     ids_fn = getattr(m, "free_page_ids", None)
     free_ids = ids_fn() if callable(ids_fn) else None
     for tier, name in ((0, "GPU"), (1, "host")):
-        if frees[tier] + len(held[tier]) != totals[tier]:
-            out.append(f"{name} tier: {frees[tier]} free + {len(held[tier])} held !="
+        n_held = len(held[tier]) + unattributed[tier]
+        if frees[tier] + n_held != totals[tier]:
+            out.append(f"{name} tier: {frees[tier]} free + {n_held} held !="
                        f" {totals[tier]} pages (conservation)")
         if free_ids is None:
             continue

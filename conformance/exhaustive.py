@@ -28,6 +28,7 @@ from .adapter import Factory, resolve_factory
 from .check import InterruptLatch
 from .detect import FLAG_IDS
 from .lockstep import run_steps
+from .misuse import MisuseFinding, merge, render_warnings
 from .report import Divergence, impl_label, render_config
 
 _CLEAR = {f: False for f in FLAG_IDS}
@@ -44,7 +45,9 @@ class ExhaustiveResult:
     state), model transitions, replayed leaf paths and steps, time, and whether it was bounded
     (``bounded_reason`` says by what). ``interrupted``: a ``KeyboardInterrupt`` stopped it in
     ``interrupted_in`` (``"bfs"``: the counts are the states found so far and nothing was
-    replayed; ``"replay"``: ``replayed_paths`` of ``leaf_paths`` were replayed)."""
+    replayed; ``"replay"``: ``replayed_paths`` of ``leaf_paths`` were replayed).
+    ``warnings``: the first tolerated misuse of each kind (:mod:`~kvspec.conformance.misuse`)
+    over the replayed paths; ``strict``: the replay ran with ``strict=True``."""
 
     policy: str
     config: Config
@@ -63,6 +66,8 @@ class ExhaustiveResult:
     leaf_paths: int = 0
     interrupted: bool = False
     interrupted_in: str = ""
+    warnings: list[MisuseFinding] = field(default_factory=list)
+    strict: bool = False
 
     @property
     def ok(self) -> bool:
@@ -71,7 +76,7 @@ class ExhaustiveResult:
 
     def render(self) -> str:
         """Head (impl, policy, verdict), the config, the coverage line, where an interrupt
-        stopped it, then the first divergence report."""
+        stopped it, the first divergence report, then the misuse warnings."""
         verdict = "OK" if self.ok else f"{len(self.divergences)} DIVERGENCES"
         if self.interrupted:
             verdict = "INTERRUPTED" if self.ok else verdict + " (interrupted)"
@@ -80,7 +85,7 @@ class ExhaustiveResult:
             b = " (incomplete: interrupted)"
         lines = [
             f"kvspec explore: impl {self.impl or '?'}, policy {self.policy}, seed: none"
-            f" (exhaustive BFS, deterministic): {verdict}",
+            f" (exhaustive BFS, deterministic){', strict' if self.strict else ''}: {verdict}",
             f"  config: {render_config(self.config)}",
             f"exhaustive {self.policy}: {self.states} states, {self.behaviours} behaviours,"
             f" {self.transitions} transitions, depth {self.max_depth}{b};"
@@ -94,6 +99,7 @@ class ExhaustiveResult:
                          f" {self.leaf_paths} leaf paths ({self.replayed_steps} steps)")
         if self.divergences:
             lines.append(self.divergences[0].render())
+        lines.extend(render_warnings(self.warnings))
         return "\n".join(lines)
 
 
@@ -117,7 +123,8 @@ def _check_scope(config: Config) -> None:
 def explore(factory: str | Factory, policy: Policy, config: Config, *, max_depth: int = 1000,
             max_states: int = 200_000, replay: bool = True, impl_name: str = "",
             stop_at_first: bool = True, progress: Callable[[int, int], None] | None = None,
-            replay_progress: Callable[[int, int], None] | None = None) -> ExhaustiveResult:
+            replay_progress: Callable[[int, int], None] | None = None,
+            strict: bool = False) -> ExhaustiveResult:
     """BFS the model's reachable states under ``policy``/``config`` and replay every
     behaviour on ``factory``'s manager.
 
@@ -129,6 +136,9 @@ def explore(factory: str | Factory, policy: Policy, config: Config, *, max_depth
     :data:`REPLAY_PROGRESS_EVERY` leaf paths and once at the end of the replay. A
     ``KeyboardInterrupt`` inside either loop returns the result so far with
     ``interrupted=True`` (and ``interrupted_in``); a divergence found before it is kept.
+    ``strict``: a tolerated misuse is a divergence (see
+    :class:`~kvspec.conformance.lockstep.Lockstep`); without it the first of each kind is in
+    ``warnings``.
 
     Raises:
         InvalidArgument: config outside the small scope (:data:`SMALL_SCOPE`), a bad
@@ -140,7 +150,8 @@ def explore(factory: str | Factory, policy: Policy, config: Config, *, max_depth
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidArgument(f"kvspec explore: {name}={value!r} must be an integer >= 1")
     fac = resolve_factory(factory)
-    res = ExhaustiveResult(policy.name, config, impl=impl_name or impl_label(factory))
+    res = ExhaustiveResult(policy.name, config, impl=impl_name or impl_label(factory),
+                           strict=bool(strict))
     latch = InterruptLatch()
     with latch.installed():
         _explore(fac, policy, config, res, latch, max_depth=max_depth, max_states=max_states,
@@ -204,8 +215,13 @@ def _explore(fac: Factory, policy: Policy, config: Config, res: ExhaustiveResult
                     continue
                 latch.check()
                 path = _path(parent, leaf)
+                found: list[MisuseFinding] = []
                 div = run_steps(fac, config, policy, path, impl_name=res.impl,
-                                check_structure=True, probe_misuse=True)
+                                check_structure=True, probe_misuse=True, strict=res.strict,
+                                warnings=found)
+                if found:
+                    merge(res.warnings, found, f"replayed path {res.replayed_paths + 1} of"
+                          f" {res.leaf_paths}")
                 res.replayed_paths += 1
                 res.replayed_steps += len(path)
                 if replay_progress is not None and \

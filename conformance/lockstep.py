@@ -11,13 +11,15 @@ flags newly set at this step against the ids the implementation raised
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from operator import attrgetter
 from typing import Any
 
 from kvspec.config import Config
-from kvspec.errors import InvalidArgument, KVSpecError
+from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 from kvspec.spec.model import Model
+from kvspec.spec.registry import Outcome
 from kvspec.spec.state import State
 from kvspec.spec.trace import Step, Trace, with_digests
 
@@ -25,6 +27,8 @@ from .adapter import Factory, make_manager
 from .detect import FLAG_IDS, observe_step
 from .driver import OBS_FIELDS, Driver, Observation, abstract, structure
 from .driver import F as _F
+from .misuse import EXPECTED as _MISUSE_EXPECTED
+from .misuse import MisuseFinding
 from .report import Divergence, FieldDiff
 
 _FLAGS = tuple(FLAG_IDS)
@@ -46,7 +50,7 @@ def model_observation(s: State, mask_never_resumed: bool = False) -> Observation
     return slots, s.gpu_free, s.host_free
 
 
-_EMPTY_ZERO = tuple(_F[f] for f in ("phase", "pos", "has_cache", "on_host", "capacity",
+_EMPTY_ZERO = tuple(_F[f] for f in ("phase", "pos", "has_cache", "host_pages", "capacity",
                                      "history", "committed"))
 _EMPTY_NONE = (_F["snapshot"], _F["draft_record"])
 
@@ -75,7 +79,7 @@ def _show(name: str, v: Any) -> str:
         return ("DONE", "CONTEXT", "GENERATION")[v] if v in (0, 1, 2) else str(v)
     if name == "status":
         return ("ACTIVE", "SUSPENDED")[v] if v in (0, 1) else str(v)
-    if isinstance(v, bool) or name in ("has_cache", "on_host", "never_resumed"):
+    if isinstance(v, bool) or name in ("has_cache", "never_resumed"):
         return "n/a" if v == -2 else str(bool(v))
     return str(v)
 
@@ -92,6 +96,10 @@ class Lockstep:
         check_structure: run :func:`structure` after every step (else only at the end).
         probe_misuse: see :class:`~kvspec.conformance.driver.Driver`.
         impl_name: used in reports.
+        strict: a tolerated misuse (a probe :mod:`~kvspec.conformance.misuse` reports as a
+            warning) is a divergence; without it the first warning of each kind is kept in
+            ``warnings`` and the run goes on. A misuse that changed the state is a divergence
+            either way.
 
     Raises:
         InvalidArgument: the factory's manager lacks the adapter API.
@@ -99,7 +107,7 @@ class Lockstep:
 
     def __init__(self, factory: Factory, config: Config, policy: Policy, *,
                  check_structure: bool = True, probe_misuse: bool = True,
-                 impl_name: str = "", model: Model | None = None) -> None:
+                 impl_name: str = "", model: Model | None = None, strict: bool = False) -> None:
         self.config, self.policy, self.impl_name = config, policy, impl_name
         self.model = model if model is not None else Model(config, policy)
         self.state = self.model.initial()
@@ -117,6 +125,9 @@ class Lockstep:
         self.violated: list[str] = []
         self.last_model_violations: frozenset[str] = frozenset()
         self.last_impl_violations: frozenset[str] = frozenset()
+        self.strict = strict
+        self.warnings: list[MisuseFinding] = []
+        """The first tolerated misuse of each kind, stamped with its step, in order found."""
 
     def initial_divergence(self) -> Divergence | None:
         """A divergence at step 0 if the fresh manager does not look like the initial state."""
@@ -144,29 +155,37 @@ class Lockstep:
         m = self.model
         before_state = self.state
         try:
-            out = m.step(before_state, name, r, **args)
+            evicts = m.action(name).demand is not None
+            if evicts:
+                # The implementation chooses the victims: call it first, read its choice from
+                # the host page counts, and let the model check it (trace validation).
+                if not m.enabled(before_state, name, r, **_without_victims(args)):
+                    raise StepRejected(f"{name}(r={r}) is not enabled in this state")
+            else:
+                out = m.step(before_state, name, r, **args)
         except InvalidArgument as exc:
             raise StepRejected(str(exc)) from None
-        new_state = out.state
-        flags = _get_flags(new_state)
-        model_new: frozenset[str] = frozenset()
-        if any(flags):
-            model_new = frozenset(FLAG_IDS[f] for f, v in zip(_FLAGS, flags) if v)
-            new_state = new_state._replace(**_CLEAR)
-            self.violated.extend(sorted(model_new - set(self.violated)))
-        expected_result = None if out.result is None else bool(out.result)
-        self.state = new_state
-        self.steps.append(Step(name, r, dict(args), expected_result))
         before = self.obs
         diffs: list[FieldDiff] = []
         d = self.driver
+        impl_args = _without_victims(args)
         try:
-            outcome = d.apply(name, r, args)
+            outcome = d.apply(name, r, impl_args)
             after = abstract(d)
-            found = observe_step(d, name, r, args, outcome, before, after)
-            struct = structure(d) if self.check_structure else ()
-        except KVSpecError as exc:
+        except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
+            if evicts:
+                out = self._model_step_with_victims(before_state, name, r, args, None)[0]
+            self._advance(out, name, r, args)
             return self._crash(name, r, args, exc, before_state)
+        if evicts:
+            out, args, victim_diff = self._model_step_with_victims(
+                before_state, name, r, args, _victims_chosen(before, after, r))
+            if victim_diff is not None:
+                diffs.append(victim_diff)
+        new_state, model_new, expected_result = self._advance(out, name, r, args)
+        try:
+            found = observe_step(d, name, r, impl_args, outcome, before, after)
+            struct = structure(d) if self.check_structure else ()
         except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
             return self._crash(name, r, args, exc, before_state)
         self.obs = after
@@ -187,8 +206,13 @@ class Lockstep:
             diffs.append(FieldDiff("violations", _ids(model_new), shown))
         if exp != after:
             diffs.extend(_diff_obs(exp, after))
-        if outcome.misuse:
-            diffs.append(FieldDiff("misuse", "ProtocolError, nothing changed", outcome.misuse))
+        for finding in outcome.misuse:
+            finding = replace(finding, step=len(self.steps))
+            if finding.failure or self.strict:
+                diffs.append(FieldDiff("misuse", _MISUSE_EXPECTED,
+                                       f"{finding.kind}: {finding.action}: {finding.detail}"))
+            elif all(w.kind != finding.kind for w in self.warnings):
+                self.warnings.append(finding)
         if struct:
             diffs.extend(FieldDiff("structure", "[]", msg) for msg in struct)
         if diffs:
@@ -199,6 +223,43 @@ class Lockstep:
             return self._divergence(len(self.steps), self._call(name, r, args), diffs, exp,
                                     before_state, after, impl_result=got)
         return None
+
+    def _model_step_with_victims(self, s: State, name: str, r: int, args: dict[str, Any],
+                                 chosen: tuple[int, ...] | None
+                                 ) -> tuple[Outcome, dict[str, Any], FieldDiff | None]:
+        """The model's step for an action that evicts, with the victims the implementation
+        chose when the model admits them; otherwise with the given victims (or the first
+        admissible vector) and a ``victims`` difference naming both."""
+        m = self.model
+        if not m.action(name).demand:
+            return m.step(s, name, r, **args), args, None
+        fixed = _without_victims(args)
+        if chosen is not None and m.enabled(s, name, r, **fixed, demote=chosen):
+            full = {**fixed, "demote": chosen}
+            return m.step(s, name, r, **full), full, None
+        options = [a for a in m.arguments(s, m.action(name), r)
+                   if _without_victims(a) == fixed and m.enabled(s, name, r, **a)]
+        full = args if "demote" in args and m.enabled(s, name, r, **args) else options[0]
+        diff = None if chosen is None else FieldDiff(
+            "victims", "demote one of " + ", ".join(str(list(a["demote"])) for a in options[:4])
+            + (" ..." if len(options) > 4 else ""), f"demote {list(chosen)} (from host pages)")
+        return m.step(s, name, r, **full), full, diff
+
+    def _advance(self, out: Outcome, name: str, r: int, args: dict[str, Any]
+                 ) -> tuple[State, frozenset[str], bool | None]:
+        """Take the model's step: clear and record its new violation flags, append it to
+        the trace. Returns (new state, new violation ids, expected result)."""
+        new_state = out.state
+        flags = _get_flags(new_state)
+        model_new: frozenset[str] = frozenset()
+        if any(flags):
+            model_new = frozenset(FLAG_IDS[f] for f, v in zip(_FLAGS, flags) if v)
+            new_state = new_state._replace(**_CLEAR)
+            self.violated.extend(sorted(model_new - set(self.violated)))
+        expected_result = None if out.result is None else bool(out.result)
+        self.state = new_state
+        self.steps.append(Step(name, r, dict(args), expected_result))
+        return new_state, model_new, expected_result
 
     def final_check(self) -> Divergence | None:
         """Structural checks once more (for runs with ``check_structure=False``); a manager
@@ -242,6 +303,22 @@ class Lockstep:
         return Divergence(index, action, diffs, trace, enabled, render_observation(exp),
                           "" if after is None else render_observation(after), self.impl_name,
                           impl_result=impl_result)
+
+
+def _without_victims(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` without ``demote`` (the implementation chooses its victims itself)."""
+    return {k: v for k, v in args.items() if k != "demote"}
+
+
+_HOST = _F["host_pages"]
+_HAS = _F["has_cache"]
+
+
+def _victims_chosen(before: Observation, after: Observation, r: int) -> tuple[int, ...]:
+    """The victims an implementation demoted in a step on slot ``r``: per slot, the growth
+    of its host page count (0 for ``r`` itself, whose recall is not a demotion)."""
+    return tuple(0 if j == r else (a[_HOST] if a[_HAS] else 0) - (b[_HOST] if b[_HAS] else 0)
+                 for j, (b, a) in enumerate(zip(before[0], after[0])))
 
 
 def summarize_enabled(model: Model, s: State, limit: int = 4) -> tuple[str, ...]:
@@ -290,20 +367,27 @@ def _diff_obs(exp: Observation, act: Observation) -> list[FieldDiff]:
 def run_steps(factory: Factory, config: Config, policy: Policy,
               steps: Sequence[tuple[str, int, dict[str, Any]]] | Sequence[Step], *,
               impl_name: str = "", check_structure: bool = True,
-              probe_misuse: bool = True) -> Divergence | None:
-    """Run a step sequence in lockstep; the first divergence or None.
+              probe_misuse: bool = True, strict: bool = False,
+              warnings: list[MisuseFinding] | None = None) -> Divergence | None:
+    """Run a step sequence in lockstep; the first divergence or None. ``strict``: see
+    :class:`Lockstep`; ``warnings``, when given, receives the run's misuse warnings (the
+    first of each kind, :attr:`Lockstep.warnings`).
 
     Raises:
         StepRejected: a step is not allowed by the model (the sequence is not a behaviour).
     """
     ls = Lockstep(factory, config, policy, impl_name=impl_name,
-                  check_structure=check_structure, probe_misuse=probe_misuse)
-    div = ls.initial_divergence()
-    if div is not None:
-        return div
-    for st in steps:
-        name, r, args = (st.action, st.r, st.args) if isinstance(st, Step) else st
-        div = ls.step(name, r, dict(args))
+                  check_structure=check_structure, probe_misuse=probe_misuse, strict=strict)
+    try:
+        div = ls.initial_divergence()
         if div is not None:
             return div
-    return ls.final_check()
+        for st in steps:
+            name, r, args = (st.action, st.r, st.args) if isinstance(st, Step) else st
+            div = ls.step(name, r, dict(args))
+            if div is not None:
+                return div
+        return ls.final_check()
+    finally:
+        if warnings is not None:
+            warnings.extend(ls.warnings)

@@ -22,6 +22,7 @@ from kvspec.spec.model import Model
 
 from .adapter import Factory
 from .lockstep import Lockstep
+from .misuse import MisuseFinding
 from .report import Divergence
 
 
@@ -36,20 +37,23 @@ class DivergenceFound(ConformanceError):
 def make_machine(factory: Factory, config: Config, policy: Policy, *,
                  impl_name: str = "", probe_misuse: bool = True,
                  on_example_end: Callable[[], None] | None = None,
-                 before_step: Callable[[], None] | None = None
+                 before_step: Callable[[], None] | None = None, strict: bool = False,
+                 warnings: list[MisuseFinding] | None = None
                  ) -> type[RuleBasedStateMachine]:
     """A state machine class checking ``factory``'s manager against the model under
     ``policy``; run it with ``run_state_machine_as_test`` (or ``.TestCase`` in pytest).
     ``cls.steps_run[0]`` counts the lockstep steps of all examples; ``on_example_end()`` is
     called from ``teardown`` after each example (hypothesis's replays included) and
-    ``before_step()`` before each rule (``run_check`` raises a pending interrupt there)."""
+    ``before_step()`` before each rule (``run_check`` raises a pending interrupt there).
+    ``strict``: see :class:`~kvspec.conformance.lockstep.Lockstep`; ``warnings``, when
+    given, receives each example's misuse warnings at its teardown."""
     model = Model(config, policy)
-    arg_table = {a.name: a.argument_tuples(model.config) for a in model.actions}
 
     def init(self: Any) -> None:
         RuleBasedStateMachine.__init__(self)
         self.lock = Lockstep(factory, config, policy, impl_name=impl_name, model=model,
-                             check_structure=False, probe_misuse=probe_misuse)
+                             check_structure=False, probe_misuse=probe_misuse,
+                             strict=strict)
         div = self.lock.initial_divergence()
         if div is not None:
             raise DivergenceFound(div)
@@ -63,7 +67,7 @@ def make_machine(factory: Factory, config: Config, policy: Policy, *,
         if name not in self._cache:
             a = model.action(name)
             slots = range(config.num_requests) if a.per_request else range(1)
-            self._cache[name] = [(r, args) for r in slots for args in arg_table[name]
+            self._cache[name] = [(r, args) for r in slots for args in model.arguments(s, a, r)
                                  if a.guard(model.ctx, s, r, **args)]
         return self._cache[name]
 
@@ -87,6 +91,9 @@ def make_machine(factory: Factory, config: Config, policy: Policy, *,
             raise DivergenceFound(div)
 
     def teardown(self: Any) -> None:
+        lock = getattr(self, "lock", None)
+        if warnings is not None and lock is not None:
+            warnings.extend(lock.warnings)
         if on_example_end is not None:
             on_example_end()
 

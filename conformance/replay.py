@@ -3,13 +3,14 @@ implementation, comparing every step, and say whether it shows the same violatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvspec.errors import InvalidArgument
 from kvspec.spec.trace import Trace, policy_summary
 
 from .adapter import Factory, resolve_factory
 from .lockstep import Lockstep, StepRejected
+from .misuse import MisuseFinding, render_warnings
 from .report import Divergence
 
 
@@ -21,7 +22,8 @@ class ImplReplay:
     model (its ghost flags) and shown by the implementation (raised or detected).
     ``same_violation``: the implementation shows every violation at the step the model does
     and the run never diverged. ``impl_name``: the implementation, as given or its factory's
-    qualified name.
+    qualified name. ``warnings``: the first tolerated misuse of each kind
+    (:mod:`~kvspec.conformance.misuse`); they do not affect ``same_violation``.
     """
 
     trace: Trace
@@ -30,6 +32,7 @@ class ImplReplay:
     impl_violations: list[frozenset[str]]
     divergence: Divergence | None
     impl_name: str = ""
+    warnings: list[MisuseFinding] = field(default_factory=list)
 
     @property
     def first_violation_step(self) -> int | None:
@@ -48,8 +51,8 @@ class ImplReplay:
         """The report: with ``context``, a line naming the implementation, the trace source,
         the policy and the full config; then one summary line (what the model violates and at
         which step, whether the implementation agrees, how many steps ran), then the
-        divergence report if any. ``context=False`` leaves the first line out (for a caller
-        that already printed the trace's policy and config)."""
+        divergence report if any, then the misuse warnings. ``context=False`` leaves the first
+        line out (for a caller that already printed the trace's policy and config)."""
         t = self.trace
         hits = [f"{', '.join(sorted(v))} at step {i}"
                 for i, v in enumerate(self.model_violations, start=1) if v]
@@ -74,11 +77,16 @@ class ImplReplay:
         lines.append(f"Implementation {name}: replay of {len(t)} steps: {what}; {verdict}")
         if self.divergence is not None:
             lines.append(self.divergence.render())
+        lines.extend(render_warnings(self.warnings))
         return "\n".join(lines)
 
 
-def replay_on_impl(trace: Trace, factory: str | Factory, *, impl_name: str = "") -> ImplReplay:
+def replay_on_impl(trace: Trace, factory: str | Factory, *, impl_name: str = "",
+                   strict: bool = False) -> ImplReplay:
     """Run ``trace`` through the driver on a fresh manager, in lockstep with the model.
+    ``strict``: a tolerated misuse is a divergence (see
+    :class:`~kvspec.conformance.lockstep.Lockstep`); replay a divergence that ``run_check``
+    found with ``strict=True`` the same way.
 
     Cost: one lockstep step per trace step. Raises :class:`StepRejected` (an
     InvalidArgument) when the trace does not replay on the model itself (check it first with
@@ -92,7 +100,7 @@ def replay_on_impl(trace: Trace, factory: str | Factory, *, impl_name: str = "")
     fac = resolve_factory(factory)
     name = impl_name or (factory if isinstance(factory, str) else
                          getattr(factory, "__qualname__", "impl"))
-    ls = Lockstep(fac, trace.config, trace.policy, impl_name=str(name))
+    ls = Lockstep(fac, trace.config, trace.policy, impl_name=str(name), strict=strict)
     model_v: list[frozenset[str]] = []
     impl_v: list[frozenset[str]] = []
     div = ls.initial_divergence()
@@ -108,4 +116,4 @@ def replay_on_impl(trace: Trace, factory: str | Factory, *, impl_name: str = "")
             impl_v.append(ls.last_impl_violations if div is None else frozenset())
             if div is not None:
                 break
-    return ImplReplay(trace, len(model_v), model_v, impl_v, div, str(name))
+    return ImplReplay(trace, len(model_v), model_v, impl_v, div, str(name), list(ls.warnings))

@@ -9,6 +9,8 @@ from typing import Any
 from kvspec.config import Config
 from kvspec.spec.trace import Step, Trace
 
+from .misuse import MisuseFinding
+
 
 def render_config(config: Config) -> str:
     """The config as every report names it (:meth:`kvspec.config.Config.describe`)."""
@@ -104,7 +106,8 @@ class TierResult:
     divergence if any and the run it came from: ``failed_run`` (1-based), the ``config`` it
     ran under, ``config_index`` into the configs the tier cycled (None: one config) and
     ``run_seed`` (the walker's per-run RNG seed). ``interrupted``: a ``KeyboardInterrupt``
-    stopped the tier; everything here is what was done before it."""
+    stopped the tier; everything here is what was done before it. ``warnings``: the first
+    tolerated misuse of each kind (:mod:`~kvspec.conformance.misuse`), with its run."""
 
     tier: str
     steps: int = 0
@@ -118,6 +121,7 @@ class TierResult:
     config: Config | None = None
     config_index: int | None = None
     run_seed: str = ""
+    warnings: list[MisuseFinding] = field(default_factory=list)
 
     @property
     def steps_per_second(self) -> float:

@@ -3,15 +3,17 @@
     kvspec prove   [--policy P]... [--invariant I]... [--json] [--export DIR] [--details]
                    [--max-depth N] [--timeout SECONDS] [--bmc2-depth N]
     kvspec walk    [--policy P] [--steps N] [--seed S] [--export DIR] [--json]
-    kvspec replay  TRACE [--impl module:factory] [--render table|path|program|jsonl]
+    kvspec replay  TRACE [--impl module:factory [--strict]] [--render table|path|program|jsonl]
     kvspec check   --impl module:factory [--policy P] [--examples N] [--seed S] [--export DIR]
-                   [--hypothesis-dir DIR]
+                   [--hypothesis-dir DIR] [--strict]
     kvspec explore [--impl module:factory] [--policy P] [--requests N] [--gpu-pages G]
-                   [--max-depth D]
+                   [--max-depth D] [--strict]
 
 Exit codes: 0 done (``prove`` and ``walk`` report verdicts, they do not fail on a refuted
-cell), 1 a check or replay found a divergence, 2 bad input (one line on stderr, ``kvspec:
-error: ...``), 3 ``prove`` left some cell UNKNOWN, 130 interrupted (partial results first).
+cell; check, replay and explore print misuse warnings and still exit 0), 1 a check or replay
+found a divergence (with ``--strict`` a tolerated misuse is one), 2 bad input (one line on
+stderr, ``kvspec: error: ...``), 3 ``prove`` left some cell UNKNOWN, 130 interrupted (partial
+results first).
 Progress bars go to stderr, only when it is a terminal and ``--quiet`` is not given. Nothing
 heavy (z3, torch, hypothesis, tqdm) is imported until a command needs it.
 """
@@ -180,8 +182,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="kvspec", formatter_class=_Formatter,
         description="Model, proofs and conformance checks for the KV-capacity protocol of "
         "LLM-serving KV-cache managers.",
-        epilog="exit codes: 0 done, 1 a check or replay diverged, 2 bad input, 3 prove left a "
-        "cell UNKNOWN, 130 interrupted.\n\nRun 'kvspec COMMAND --help' for a command's options.")
+        epilog="exit codes: 0 done (misuse warnings included), 1 a check or replay diverged "
+        "(with --strict, a tolerated misuse too), 2 bad input, 3 prove left a cell UNKNOWN, "
+        "130 interrupted.\n\nRun 'kvspec COMMAND --help' for a command's options.")
     p.add_argument("--version", action=_Version, help="print the version and exit")
     p.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
                    help="no progress bars (they are drawn only when stderr is a terminal)")
@@ -255,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="also replay on an implementation (e.g. " + DEFAULT_IMPL + ")")
     rp.add_argument("--render", choices=("table", "path", "program", "jsonl"), default="table",
                     help="how to print the trace (default: %(default)s)")
+    _strict(rp, "with --impl: ")
     rp.set_defaults(run=_replay)
 
     ck = command(
@@ -262,7 +266,9 @@ def _parser() -> argparse.ArgumentParser:
         "Run an implementation and the model side by side, compared after every step: the "
         "walker tier (seeded walks, configs cycled through conformance.check.DEFAULT_CONFIGS) "
         "then the hypothesis tier (a generated state machine). The first divergence is shrunk "
-        "and reported; exit 1. Hypothesis keeps no example database unless --hypothesis-dir "
+        "and reported; exit 1. A misuse the manager tolerates (a double free accepted "
+        "silently, ...) is one warning line per kind after the report, exit 0; --strict "
+        "makes it a divergence. Hypothesis keeps no example database unless --hypothesis-dir "
         "is given, and writes nothing to the current folder.")
     ck.add_argument("--impl", required=True, metavar="MODULE:FACTORY",
                     help="the factory(config, policy) -> manager to check, e.g. " + DEFAULT_IMPL
@@ -282,6 +288,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep hypothesis's example database in DIR (earlier failures are "
                     "replayed first); default: none, no database (hypothesis's own cache goes "
                     "under $KVSPEC_CACHE_DIR, default ~/.cache/kvspec)")
+    _strict(ck)
     quiet(ck)
     ck.set_defaults(run=_check)
 
@@ -305,9 +312,19 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-depth", type=_positive, default=1000, metavar="D",
                     help="stop the BFS at this depth; the result then says BOUNDED "
                     "(default: %(default)s)")
+    _strict(ex)
     quiet(ex)
     ex.set_defaults(run=_explore)
     return p
+
+
+def _strict(c: argparse.ArgumentParser, prefix: str = "") -> None:
+    c.add_argument("--strict", action="store_true",
+                   help=prefix + "fail (exit 1) on a tolerated misuse: a double free, a free of "
+                   "an unknown request or a suspend of a SUSPENDED cache that the manager "
+                   "accepts, or refuses with another exception than ProtocolError; default: "
+                   "a warning line per kind, exit 0 (a misuse that changes the manager state "
+                   "fails either way)")
 
 
 def _integer(text: str) -> int:
@@ -572,6 +589,9 @@ def _replay(args: argparse.Namespace) -> int:
     reported before anything is printed."""
     from kvspec.spec.trace import Trace, verify_trace
 
+    if args.strict and not args.impl:
+        raise InvalidArgument("replay: --strict applies to the implementation replay; give "
+                              "--impl MODULE:FACTORY too")
     trace = Trace.load(args.trace)  # every field validated: InvalidArgument, exit 2
     factory = None
     if args.impl:
@@ -597,7 +617,7 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"Implementation {args.impl}: not replayed: the model refuses step "
                   f"{check.refused} of the trace", file=sys.stderr)
             return EXIT_DIVERGED
-        impl = replay_on_impl(trace, factory, impl_name=args.impl)
+        impl = replay_on_impl(trace, factory, impl_name=args.impl, strict=args.strict)
         print(impl.render(context=False), file=sys.stderr)
         if not impl.same_violation:
             code = EXIT_DIVERGED
@@ -618,12 +638,14 @@ def _check(args: argparse.Namespace) -> int:
             bars.show(tier, done, total, unit="run")
 
         report = run_check(args.impl, args.policy, examples=args.examples, seed=args.seed,
-                           hypothesis_dir=hyp_dir, progress=None if bars.off else progress)
+                           hypothesis_dir=hyp_dir, progress=None if bars.off else progress,
+                           strict=args.strict)
     print(report.render())
     div = report.divergence
     if div is not None and export is not None:
         path = div.trace.save(export / f"check-{args.policy}.jsonl")
-        print(f"Divergence trace -> {path}  (kvspec replay {path} --impl {args.impl})")
+        print(f"Divergence trace -> {path}  (kvspec replay {path} --impl {args.impl}"
+              + (" --strict)" if args.strict else ")"))
     if report.interrupted:
         return _interrupted()
     return EXIT_OK if report.ok else EXIT_DIVERGED
@@ -647,7 +669,8 @@ def _explore(args: argparse.Namespace) -> int:
 
         res = explore(factory, policy, config, max_depth=args.max_depth, impl_name=args.impl,
                       progress=None if bars.off else progress,
-                      replay_progress=None if bars.off else replay_progress)
+                      replay_progress=None if bars.off else replay_progress,
+                      strict=args.strict)
     print(res.render())
     if res.interrupted:
         return _interrupted()

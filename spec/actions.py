@@ -26,6 +26,7 @@ from .state import (
     Req,
     State,
     evictable,
+    evictable_pages,
     gpu_pages,
     merge,
     pinned,
@@ -38,7 +39,11 @@ ACTIONS = ActionRegistry()
 def protocol_actions(abstract_rest: bool) -> tuple[Action, ...]:
     """The registry's actions; ``others`` (requests outside the model) only in the proofs'
     one-request-versus-the-rest abstraction."""
-    return tuple(a for a in ACTIONS.actions if abstract_rest or a.name != "others")
+    return tuple(a for a in ACTIONS.actions if abstract_rest or a.name not in ABSTRACT_ONLY)
+
+
+ABSTRACT_ONLY = ("others", "others_evict")
+"""Actions of the proofs' one-request-versus-the-rest abstraction only."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +395,22 @@ def others(c: Ctx, s: State, r: int, delta: Term, evictable: Term,
     return Outcome(s._replace(rest_gpu=s.rest_gpu + delta, gpu_free=s.gpu_free - delta,
                               rest_evictable=evictable, rest_host=s.rest_host + host_delta,
                               host_free=s.host_free - host_delta))
+
+
+def _g_others_evict(c: Ctx, s: State, r: int, pages: Term) -> Term:
+    o, q = c.o, s.reqs[r]
+    return o.and_(c.abstract_rest, s.stage == SCHEDULE, pages >= 1,
+                  pages <= evictable_pages(o, q, c.policy.host_tier), pages <= s.host_free)
+
+
+@ACTIONS.action(guard=_g_others_evict, params=(Param("pages", lo=1, hi=lambda k: 2),))
+def others_evict(c: Ctx, s: State, r: int, pages: Term) -> Outcome:
+    """Abstract mode only: a growth or resume of requests outside the model demotes
+    ``pages`` of slot r's evictable GPU pages to the host tier (implicit eviction on their
+    behalf; ``others`` then takes the freed pages)."""
+    q = s.reqs[r]
+    return Outcome(with_req(s, r, q._replace(host_pages=q.host_pages + pages))._replace(
+        gpu_free=s.gpu_free + pages, host_free=s.host_free - pages))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -819,6 +819,12 @@ def prove_matrix(config: Config, policies: Sequence[Policy],
                 _decide_policy(config, pol, properties, max_depth, bmc2_depth, guard, emit)
         except ProofInterrupted:
             mat.interrupted = True
+        except z3.Z3Exception:
+            # z3's interrupt() cancels whatever z3 call runs when SIGINT arrives, not only a
+            # check (a model evaluation raises "canceled"): the same interruption
+            if not guard.interrupted:
+                raise
+            mat.interrupted = True
     for pname in mat.policies:
         for prop in mat.properties:
             if (pname, prop) not in mat.cells:

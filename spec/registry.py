@@ -46,7 +46,7 @@ class Param:
     lo: int = 0
     hi: Callable[[Config], int] | None = None
 
-    def domain(self, config: Config) -> range | tuple[bool, bool]:
+    def domain(self, config: Config) -> range | tuple[bool, ...]:
         """The finite values generators draw from (``slots`` parameters have none: their
         values depend on the state)."""
         if self.kind == "slots":

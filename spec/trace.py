@@ -27,7 +27,7 @@ from kvspec.config import Config
 from kvspec.errors import InvalidArgument, KVSpecError
 from kvspec.policy import PRESETS, Policy
 
-from .actions import protocol_actions
+from .actions import ABSTRACT_ONLY, protocol_actions
 from .invariants import PROPERTY_IDS
 from .model import Model
 from .registry import Action
@@ -842,8 +842,8 @@ def _step(d: Any, at: str, index: int, actions: dict[str, Action], config: Confi
                               f"{', '.join(actions)}")
     name = d["action"]
     if not isinstance(name, str) or name not in actions:
-        hint = (" ('others' exists only in abstract traces, abstract_rest: true)"
-                if name == "others" and not abstract else "")
+        hint = (f" ({name!r} exists only in abstract traces, abstract_rest: true)"
+                if name in ABSTRACT_ONLY and not abstract else "")
         raise InvalidArgument(f"{at}: unknown action={_v(name)}{hint}; known: "
                               f"{', '.join(actions)}")
     a = actions[name]

@@ -116,6 +116,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("trace-header-array", ["replay", "{d}/array_header.jsonl"], r"trace"),
     ("trace-header-no-policy", ["replay", "{d}/no_policy.jsonl"], r"policy"),
     ("trace-string-for-number", ["replay", "{d}/string_number.jsonl"], r"num_gpu_pages"),
+    ("replay-strict-without-impl", ["replay", "{d}/empty.jsonl", "--strict"],
+     r"replay: --strict applies to the implementation replay; give --impl"),
     # export folders, checked before the work
     ("prove-export-is-file", ["prove", "--export", "{d}/a_file"], r"--export .* is a file"),
     ("prove-export-under-file", ["prove", "--export", "{d}/a_file/sub"],

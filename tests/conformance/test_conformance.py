@@ -70,14 +70,17 @@ def test_string_factories_and_errors() -> None:
         run_check(lambda c, p: object(), "pr13805", examples=1)
 
 
-def test_broken_double_free_is_caught() -> None:
+def test_broken_double_free_is_a_warning_and_caught_with_strict() -> None:
     report = run_check(broken.silent_double_free, "pr13805-reviewed", examples=50, seed=0,
                        tiers=("walker",))
+    assert report.ok and {w.kind for w in report.warnings} == {"double-free", "free-unknown"}
+    report = run_check(broken.silent_double_free, "pr13805-reviewed", examples=50, seed=0,
+                       tiers=("walker",), strict=True)
     assert not report.ok
     text = report.render()
     div = report.divergence
     assert div is not None and div.steps[-1].action == "free_resources"
-    assert "silently accepted" in text and "misuse" in text
+    assert "accepted silently" in text and "misuse" in text
     assert "   1. " in text and "<-- diverges" in text
 
 

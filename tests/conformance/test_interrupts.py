@@ -85,12 +85,12 @@ def test_check_interrupted_after_a_divergence_keeps_it() -> None:
     def progress(tier: str, done: int, total: int) -> None:
         calls.append((tier, done, total))
 
-    report = run_check(broken.silent_double_free, POLICY, examples=50, seed=0,
+    report = run_check(broken.corrupting_double_free, POLICY, examples=50, seed=0,
                        tiers=("walker",), progress=progress)
     assert report.divergence is not None
     n = calls[-1][1]  # the walk that diverged
     calls.clear()
-    report = run_check(broken.silent_double_free, POLICY, examples=50, seed=0,
+    report = run_check(broken.corrupting_double_free, POLICY, examples=50, seed=0,
                        tiers=("walker",), progress=_interrupt_at(int(n), calls))
     # the interrupt lands right after the diverging walk, before shrinking: kept unshrunk
     assert report.interrupted and report.divergence is not None

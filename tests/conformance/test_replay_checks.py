@@ -143,7 +143,8 @@ def test_impl_replay_report_names_impl_policy_and_config() -> None:
 
 def test_abstract_traces_do_not_replay_on_an_implementation() -> None:
     t = with_digests(Trace(get_policy("pr14849"), Config(),
-                           (Step("others", 0, {"delta": 1, "evictable": 0, "host_delta": 0}),), abstract_rest=True))
+                           (Step("others", 0, {"delta": 1, "evictable": 0, "host_delta": 0}),),
+                           abstract_rest=True))
     with pytest.raises(InvalidArgument, match="abstract_rest"):
         replay_on_impl(t, impls.reference)
 

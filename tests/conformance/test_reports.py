@@ -158,7 +158,7 @@ def _round_trip(report_trace: Trace | None, factory: Any, index: int, diffs: Any
 
 
 @pytest.mark.parametrize("factory", [broken.shrink_below_snapshot, raises_on_growth,
-                                     broken.silent_double_free])
+                                     broken.corrupting_double_free])
 def test_walker_divergence_trace_replays_to_the_same_divergence(factory: Any,
                                                                 tmp_path: Path) -> None:
     report = run_check(factory, POLICY, examples=50, seed=0, tiers=("walker",))

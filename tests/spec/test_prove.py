@@ -59,6 +59,21 @@ def test_unreverted_skip_path_of_pr13805_is_found(matrix: Matrix) -> None:
     assert any(s.action == "decide" and s.args["can_queue"] is False for s in v.trace.steps)
 
 
+def test_the_may_2026_revision_breaks_atomicity_of_a_refused_revert(matrix: Matrix) -> None:
+    """trtllm-2026-05 consumes the snapshot before the resize that asserts under scratch
+    reuse: INV-ATOMIC (covering reverts) is refuted by a shortest counterexample ending in
+    that revert; the same revert under pr13805's order (refusal changes nothing) keeps it."""
+    v = matrix.get("trtllm-2026-05", "INV-ATOMIC")
+    assert v.status == "REFUTED" and v.trace is not None
+    assert v.trace.steps[-1].action == "revert_allocate_context"
+    assert len(v.trace.steps) == 5
+    assert status(matrix, "pr13805", "INV-ATOMIC") == "PROVED"
+    for inv in ("SWA-REWIND", "NO-DEFERRED-HOLD", "INV-LEN", "GEN-EXACTLY-ONCE"):
+        assert status(matrix, "trtllm-2026-05", inv) == "REFUTED", inv
+    for inv in ("INV-CONSERVE", "NO-STALE-SNAPSHOT", "REVERT-FLOOR", "RESUME-GATE"):
+        assert status(matrix, "trtllm-2026-05", inv) == "PROVED", inv
+
+
 def test_refuted_traces_replay_on_the_concrete_model(matrix: Matrix) -> None:
     for v in matrix.cells.values():
         if v.trace is None:

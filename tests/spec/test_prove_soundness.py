@@ -147,6 +147,29 @@ def test_an_interrupted_query_raises_proof_interrupted() -> None:
         prove.ask(z3.Solver(), guard=g)
 
 
+def test_a_z3_call_canceled_by_the_interrupt_ends_the_run_as_interrupted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT cancels whatever z3 call is running, e.g. a model evaluation after a check:
+    its "canceled" error is the interruption (partial result), not a crash; without the
+    interrupt flag the same error is a real one and propagates."""
+    def canceled(config: Any, policy: Any, props: Any, depth: Any, bmc2: Any,
+                 guard: prove.Guard, emit: Any) -> None:
+        guard.interrupted = True
+        raise z3.Z3Exception(b"canceled")
+
+    monkeypatch.setattr(prove, "_decide_policy", canceled)
+    mat = prove_matrix(Config(), [get_policy("pr14849")])
+    assert mat.interrupted
+    assert {v.status for v in mat.cells.values()} == {"INTERRUPTED"}
+
+    def broken(*args: Any) -> None:
+        raise z3.Z3Exception(b"invalid argument")
+
+    monkeypatch.setattr(prove, "_decide_policy", broken)
+    with pytest.raises(z3.Z3Exception):
+        prove_matrix(Config(), [get_policy("pr14849")])
+
+
 def test_bad_limits_are_typed_errors() -> None:
     pol = [get_policy("pr14849")]
     for kw in ({"timeout": 0}, {"timeout": -1.0}, {"bmc2_depth": 0}, {"max_depth": 0}):

@@ -1,0 +1,163 @@
+"""Implicit eviction end to end: the model admits every victim choice the rules allow, the
+lockstep follows the one each implementation made (the reference and the torch manager choose
+differently), and a choice the rules forbid is a divergence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kvspec.config import Config
+from kvspec.conformance import impls
+from kvspec.conformance.driver import F
+from kvspec.conformance.lockstep import Lockstep
+from kvspec.policy import get_policy
+from kvspec.spec.model import Model
+from kvspec.spec.state import ACTIVE
+
+CONFIG = Config(tokens_per_block=1, num_gpu_pages=4, num_host_pages=4, num_requests=3,
+                max_prompt_len=2, max_draft_len=0)
+POLICY = get_policy("pr14849")
+
+# r0 and r1 fill the pool, run their prompts and are suspended; r2 then needs 2 GPU pages
+# (implicit eviction of 2 of their 4 pages), and r0's resume needs its demoted pages back.
+PROLOGUE: list[tuple[str, int, dict[str, Any]]] = [
+    ("arrive", 0, dict(prompt_len=2, chunk_size=2, draft_len=0)),
+    ("arrive", 1, dict(prompt_len=2, chunk_size=2, draft_len=0)),
+    ("prepare_context", 0, {}), ("resize_context", 0, {}),
+    ("prepare_context", 1, {}), ("resize_context", 1, {}),
+    ("decide", 0, dict(wait=False, can_queue=True)),
+    ("forward", 0, dict(accepted=0)), ("forward", 1, dict(accepted=0)),
+    ("end_iteration", 0, {}),
+    ("suspend_request", 0, {}), ("suspend_request", 1, {}),
+    ("arrive", 2, dict(prompt_len=2, chunk_size=2, draft_len=0)),
+    ("prepare_context", 2, {}),
+]
+
+
+def _run(factory: Any) -> Lockstep:
+    lock = Lockstep(factory, CONFIG, POLICY, impl_name="test")
+    assert lock.initial_divergence() is None
+    for name, r, args in PROLOGUE:
+        assert lock.step(name, r, args) is None, (name, r)
+    return lock
+
+
+def test_model_admits_every_split_and_nothing_else() -> None:
+    m = Model(CONFIG, POLICY)
+    s = m.initial()
+    for name, r, args in PROLOGUE:
+        s = m.step(s, name, r, **args).state
+    a = m.action("resize_context")
+    admitted = sorted(x["demote"] for x in m.arguments(s, a, 2))
+    assert admitted == [(0, 2, 0), (1, 1, 0), (2, 0, 0)]
+    for bad in [(0, 0, 0), (1, 0, 0), (3, 0, 0), (2, 1, 0), (0, 0, 2), (-1, 3, 0)]:
+        assert not m.enabled(s, "resize_context", 2, demote=bad), bad
+    with pytest.raises(Exception, match="victims are a choice"):
+        m.step(s, "resize_context", 2)  # ambiguous: the caller must choose
+    out = m.step(s, "resize_context", 2, demote=(1, 1, 0))
+    t = out.state
+    assert out.result is True
+    assert [q.host_pages for q in t.reqs] == [1, 1, 0]
+    assert (t.gpu_free, t.host_free) == (0, 2)
+    assert t.reqs[2].capacity == 2 and t.reqs[2].status == ACTIVE
+
+
+def test_growth_fails_atomically_when_the_host_cannot_take_the_victims() -> None:
+    m = Model(CONFIG.replace(num_host_pages=1), POLICY)
+    s = m.initial()
+    for name, r, args in PROLOGUE:
+        s = m.step(s, name, r, **args).state
+    out = m.step(s, "resize_context", 2, demote=(0, 0, 0))
+    assert out.result is False
+    t = out.state
+    assert [q.host_pages for q in t.reqs] == [0, 0, 0]
+    assert (t.gpu_free, t.host_free) == (s.gpu_free, s.host_free)
+    assert not t.v_atomic
+
+
+@pytest.mark.parametrize("impl", ["reference", "gpu"])
+def test_lockstep_follows_the_implementations_victims(impl: str) -> None:
+    lock = _run(getattr(impls, impl))
+    assert lock.step("resize_context", 2, {}) is None
+    chosen = lock.steps[-1].args["demote"]
+    assert sum(chosen) == 2 and chosen[2] == 0
+    # r0's resume recalls what it lost, demoting the same number of r1's pages (r2 is
+    # ACTIVE, r0's own are excluded): the partial residencies add up on r1
+    assert lock.step("resume_request", 0, {}) is None
+    assert lock.steps[-1].result is True
+    assert lock.steps[-1].args["demote"] == (0, chosen[0], 0)
+    assert [q.host_pages for q in lock.state.reqs] == [0, chosen[0] + chosen[1], 0]
+    assert lock.final_check() is None
+
+
+def test_reference_and_torch_choose_different_victims() -> None:
+    ref, gpu = _run(impls.reference), _run(impls.gpu)
+    assert ref.step("resize_context", 2, {}) is None
+    assert gpu.step("resize_context", 2, {}) is None
+    assert ref.steps[-1].args["demote"] != gpu.steps[-1].args["demote"]
+
+
+class _NoImplicitEviction:
+    """A manager that refuses growth when free GPU pages are short (kvspec's old model)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def resize_context(self, req: Any, num_tokens: int) -> bool:
+        cap = self._inner.get_capacity(req.request_id)
+        want = max(cap, req.context_current_position + num_tokens)
+        need = -(-want // CONFIG.tokens_per_block) - -(-cap // CONFIG.tokens_per_block)
+        if need > self._inner.num_free_gpu_pages:
+            return False
+        return bool(self._inner.resize_context(req, num_tokens))
+
+
+def test_a_manager_without_implicit_eviction_diverges() -> None:
+    lock = _run(lambda k, p: _NoImplicitEviction(impls.reference(k, p)))
+    div = lock.step("resize_context", 2, {})
+    assert div is not None
+    assert "result" in div.render()
+
+
+def test_a_victim_choice_the_rules_forbid_is_reported() -> None:
+    lock = _run(impls.reference)
+    inner = lock.driver.manager
+    # The reference's choice is admissible; forge the observation before the step so that
+    # the host page growth the lockstep reads is one no rule allows (3 pages from r0).
+    before = lock.obs
+    forged = list(before[0][0])
+    forged[F["host_pages"]] = -1
+    lock.obs = ((tuple(forged), *before[0][1:]), before[1], before[2])
+    div = lock.step("resize_context", 2, {})
+    assert div is not None and "victims" in div.render()
+    assert inner.get_capacity(2) == 2
+
+
+REFUSED_REVERT: list[tuple[str, int, dict[str, Any]]] = [
+    ("arrive", 0, dict(prompt_len=1, chunk_size=1, draft_len=1)),
+    ("prepare_context", 0, {}), ("resize_context", 0, {}),
+    ("decide", 0, dict(wait=True, can_queue=False)),
+    ("revert_allocate_context", 0, {}),
+]
+
+
+@pytest.mark.parametrize("impl", ["reference", "gpu"])
+@pytest.mark.parametrize("policy,expected", [
+    ("trtllm-2026-05", {"SWA-REWIND", "INV-ATOMIC"}),  # snapshot consumed, then it raises
+    ("pr13805", {"SWA-REWIND"}),  # the refusal changes nothing
+])
+def test_a_refused_revert_is_atomic_only_in_the_reviewed_order(
+        impl: str, policy: str, expected: set[str]) -> None:
+    config = Config(max_prompt_len=1, max_draft_len=1, max_rewind_len=0)
+    lock = Lockstep(getattr(impls, impl), config, get_policy(policy), impl_name=impl)
+    for name, r, args in REFUSED_REVERT:
+        assert lock.step(name, r, args) is None, (name, lock.violated)
+    assert set(lock.last_model_violations) == expected
+    assert set(lock.last_impl_violations) == expected
+    snapshot = lock.state.reqs[0].snapshot
+    assert (snapshot == -1) is (policy == "trtllm-2026-05")
