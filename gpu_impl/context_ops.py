@@ -16,6 +16,7 @@ from kvspec.errors import InvalidArgument, InvariantViolation
 
 from .core import ManagerCore
 from .requests import CONTEXT, SUSPENDED, RequestLike
+from .tiering import growth_plan
 
 
 def resize_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
@@ -23,13 +24,17 @@ def resize_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
     """Grows each context cache to ``max(cap, pos + num_tokens)``, all-or-nothing per request.
 
     Effect per request (docs/protocol.md ``resize_context``): success sets capacity and writes
-    ``py_ctx_pre_resize_cap`` = old capacity if it grew, else None; failure (not enough free GPU
-    pages left after the requests before it, or a row wider than the page table) suspends the
+    ``py_ctx_pre_resize_cap`` = old capacity if it grew, else None; the new pages are free
+    ones, or demoted from suspended caches first (:func:`tiering.make_room`). Failure (not
+    enough free plus evictable GPU pages after the requests before it, or host room for the
+    shortfall, or a row wider than the page table) changes nothing but this: it suspends the
     cache when ``pos == 0`` and clears the snapshot iff ``clear_snapshot_on_failure``.
 
     Cost: one H2D copy of 12 B per request, ~25 tensor ops + the pool's fit rounds, one read of
-    2 int64 per request. Raises (state unchanged): ProtocolError (unknown request, missing or
-    SUSPENDED cache), InvalidArgument (negative or mismatched ``num_tokens``).
+    2 int64 per request. A batch whose growth needs an eviction (or whose failures could
+    change what is evictable, :func:`tiering.growth_plan`) is applied one request at a time.
+    Raises (state unchanged): ProtocolError (unknown request, missing or SUSPENDED cache),
+    InvalidArgument (negative or mismatched ``num_tokens``).
     """
     ids = m.ids(reqs)
     if len(num_tokens) != len(ids):
@@ -44,16 +49,31 @@ def resize_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
     rows, pos, n = m.transfer.columns(ids, pos_list, num_tokens)
     m.require(rows, m.active(rows), ids, "resize_context needs an ACTIVE cache "
               "(call prepare_context first)")
+    return _resize(m, reqs, rows, pos, n)
+
+
+def _resize(m: ManagerCore, reqs: Sequence[RequestLike], rows: torch.Tensor,
+            pos: torch.Tensor, n: torch.Tensor) -> list[bool]:
+    """resize_context of validated ACTIVE rows: vectorized when exact, else row by row."""
     cap = m.cache.capacity[rows]
     new = torch.maximum(cap, pos + n)
     new_blocks = m.blocks(new)
-    ok = m.gpu.fit(new_blocks - m.gpu.count[rows], new_blocks <= m.width)
+    count = m.gpu.count[rows]
+    first = pos == 0
+    ok = growth_plan(m, rows, new_blocks - count, new_blocks <= m.width, first & (count > 0))
+    if ok is None:
+        results: list[bool] = []
+        for i in range(len(reqs)):
+            results += _resize(m, reqs[i:i + 1], rows[i:i + 1], pos[i:i + 1], n[i:i + 1])
+        return results
     m.gpu.grow(rows[ok], new_blocks[ok])
     m.cache.capacity[rows[ok]] = new[ok]
-    m.cache.status[rows[~ok & (pos == 0)]] = SUSPENDED
+    suspended = rows[~ok & first]
+    m.cache.status[suspended] = SUSPENDED
+    m.stamp(suspended)
     snap = torch.where(ok & (new > cap), cap, -1)
     out = m.transfer.to_host(torch.cat([ok.long(), snap]))
-    k = len(ids)
+    k = len(reqs)
     clear = m.policy.clear_snapshot_on_failure
     for r, good, s in zip(reqs, out[:k], out[k:], strict=True):
         if good:
@@ -63,17 +83,21 @@ def resize_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
     return [bool(g) for g in out[:k]]
 
 
-def revert_allocate_context_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> list[bool]:
+def revert_allocate_context_batch(m: ManagerCore,
+                                  reqs: Sequence[RequestLike]) -> list[bool | None]:
     """Gives back this iteration's context growth (TRT ``revert_allocate_context``).
 
     Per request: pre := snapshot, snapshot := None. None, no cache, not ACTIVE or pre >= cap ->
-    True. history > pre -> FREE branch (pages released, cache gone, pos rewound to 0) -> False.
-    Otherwise SHRINK: capacity := pre (history unchanged), suspended iff pre > 0 -> True.
+    True. history > pre -> FREE branch (pages released, cache gone, pos rewound to 0 under
+    ``free_branch_rewinds``) -> False. Otherwise SHRINK: capacity := pre (history unchanged),
+    suspended iff pre > 0 -> True. Without ``free_branch_rewinds`` (TRT's revision that
+    returns nothing) every request's result is None.
 
     Cost: one H2D copy of 12 B per request, ~30 tensor ops, one read of 1 int64 per request.
     Raises (nothing mutated, snapshots kept): InvariantViolation("SWA-REWIND") when the policy
     has ``swa_scratch_reuse`` and a SHRINK of a CONTEXT-phase request would start from
-    ``cap - max_rewind_len > history``;
+    ``cap - max_rewind_len > history`` (under ``revert_clears_before_resize`` the first such
+    request's snapshot is already None: its revert consumed it before the check);
     ProtocolError for an unknown request; InvalidArgument for a negative snapshot.
     """
     ids = m.ids(reqs)
@@ -95,25 +119,34 @@ def revert_allocate_context_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
         bad = shrink & ctx & (cap - m.config.max_rewind_len > hist)
         if bool(bad.any().item()):
             flags = m.transfer.to_host(bad)
-            rid = next(i for i, b in zip(ids, flags, strict=True) if b)
+            first = flags.index(1)
+            rid = ids[first]
+            if m.policy.revert_clears_before_resize:
+                reqs[first].py_ctx_pre_resize_cap = None
             raise InvariantViolation(
                 "SWA-REWIND", f"request {rid}: shrinking a context cache under SWA scratch "
                 f"reuse needs capacity - max_rewind_len ({m.config.max_rewind_len}) <= history; "
                 "nothing was changed")
     m.gpu.shrink(rows[due], torch.where(free_branch, 0, m.blocks(pre))[due])
     m.cache.capacity[rows[shrink]] = pre[shrink]
-    m.cache.status[rows[shrink & (pre > 0)]] = SUSPENDED
+    suspended = rows[shrink & (pre > 0)]
+    m.cache.status[suspended] = SUSPENDED
+    m.stamp(suspended)
     m.cache.clear(rows[free_branch])
     freed = m.transfer.to_host(free_branch)
+    rewinds = m.policy.free_branch_rewinds
     for r, f in zip(reqs, freed, strict=True):
         r.py_ctx_pre_resize_cap = None
-        if f:
+        if f and rewinds:
             r.context_current_position = 0
+    if not rewinds:
+        return [None] * len(freed)
     return [not f for f in freed]
 
 
 def update_context_resources(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
-    """Sets history = committed = pos for forwarded context requests (caller advanced pos).
+    """Sets history = committed = pos for forwarded context requests (caller advanced pos);
+    committed stays 0 without ``commit_on_forward`` (it is history's tensor with it).
 
     Cost: one H2D copy of 8 B per request, ~10 tensor ops. Raises (nothing changed)
     ProtocolError for a missing or SUSPENDED cache, InvariantViolation("INV-LEN") for a pos
@@ -128,12 +161,12 @@ def update_context_resources(m: ManagerCore, reqs: Sequence[RequestLike]) -> Non
               "(only forwarded requests are updated)")
     m.require(rows, (pos >= c.history[rows]) & (pos <= c.capacity[rows]), ids,
               "update_context_resources needs history <= pos <= capacity", "INV-LEN")
-    c.history[rows] = pos
-    c.committed[rows] = pos
+    c.history[rows] = pos  # committed: the same tensor, or zeros without commit_on_forward
 
 
 def suspend_request_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
-    """Suspends ACTIVE caches (scheduler victims); nothing is freed. Cost: ~5 tensor ops.
+    """Suspends ACTIVE caches (scheduler victims), stamped in list order as the most recently
+    suspended; nothing is freed. Cost: ~6 tensor ops.
 
     Raises ProtocolError (nothing changed) for a missing or already SUSPENDED cache.
     """
@@ -143,3 +176,4 @@ def suspend_request_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
     (rows,) = m.transfer.columns(ids)
     m.require(rows, m.active(rows), ids, "suspend_request needs an ACTIVE cache")
     m.cache.status[rows] = SUSPENDED
+    m.stamp(rows)

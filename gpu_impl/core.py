@@ -55,6 +55,10 @@ class ManagerCore:
         cache: per-row fields (:class:`CacheState`) on ``device``.
         gpu: GPU-tier :class:`PagePool` on ``device`` (the persistent device page table).
         host: host-tier :class:`PagePool` on the CPU (0 pages when the policy has no host tier).
+            A row's logical page table is its host pages (``host.table[row, :host.count]``)
+            followed by its GPU pages (``gpu.table[row, :gpu.count]``): implicit eviction
+            demotes a victim's GPU pages from the front, so the host entries always form a
+            prefix (:mod:`tiering`).
         kv: KV data pools. transfer: H2D/D2H byte counters.
     """
 
@@ -95,7 +99,9 @@ class ManagerCore:
         self.num_rows = config.num_requests
         self.width = width
         self.transfer = Transfer(self.device)
-        self.cache = CacheState(self.num_rows, self.device)
+        self.cache = CacheState(self.num_rows, self.device, commit=policy.commit_on_forward)
+        #: the last suspension stamp handed out (``cache.suspended_at``)
+        self.clock = 0
         self.req = RequestMirror(self.num_rows, self.device)
         self.gpu = PagePool(config.num_gpu_pages, self.num_rows, width, self.device)
         host_pages = config.num_host_pages if policy.host_tier else 0
@@ -154,6 +160,16 @@ class ManagerCore:
             if invariant is not None:
                 raise InvariantViolation(invariant, msg)
             raise ProtocolError(msg)
+
+    def stamp(self, rows: torch.Tensor) -> None:
+        """Marks ``rows``, just SUSPENDED, as the most recently suspended caches, later rows
+        later (list order, as single calls in that order would). 1 op when rows is not
+        empty."""
+        k = rows.numel()
+        if k:
+            self.cache.suspended_at[rows] = torch.arange(
+                self.clock + 1, self.clock + 1 + k, dtype=torch.int64, device=self.device)
+            self.clock += k
 
     def active(self, rows: torch.Tensor) -> torch.Tensor:
         """bool: the row holds an ACTIVE cache (3 ops)."""

@@ -15,7 +15,7 @@ from kvspec.errors import InvalidArgument
 
 from .core import ManagerCore
 from .requests import NO_RECORD, SUSPENDED, RequestLike
-from .tiering import resume_row
+from .tiering import growth_plan, resume_row
 
 
 def try_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> list[bool]:
@@ -24,11 +24,13 @@ def try_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
     Per request: a SUSPENDED cache is resumed first (refusal -> False, nothing changed); the old
     draft record is dropped (recorded as draft_len before the resize under
     ``draft_record_before_resize``); capacity := cap + 1 + draft_len if the pages left after the
-    requests before it suffice, then the record := draft_len. A resumed cache stays ACTIVE.
+    requests before it suffice, free or demoted from suspended caches
+    (:func:`tiering.make_room`), then the record := draft_len. A resumed cache stays ACTIVE.
 
     Cost: one H2D copy of 8 B per request, one read of the statuses, ~20 tensor ops + fit
     rounds when every cache is ACTIVE (the hot path). SUSPENDED requests split the batch: each
-    is resumed and grown alone, between vectorized runs of ACTIVE ones.
+    is resumed and grown alone, between vectorized runs of ACTIVE ones; a run whose growth
+    needs an eviction is grown one request at a time (:func:`tiering.growth_plan`).
     Raises ProtocolError (nothing changed) for an unknown request or a missing cache;
     InvalidArgument for a negative draft_len.
     """
@@ -59,12 +61,18 @@ def try_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
 
 
 def _grow_generation(m: ManagerCore, rows: torch.Tensor, d: torch.Tensor) -> list[bool]:
-    """The vectorized core of try_allocate_generation for ACTIVE rows (~20 ops + fit rounds)."""
+    """The vectorized core of try_allocate_generation for ACTIVE rows (~20 ops + fit rounds;
+    row by row when :func:`tiering.growth_plan` says so)."""
     c = m.cache
-    c.draft_record[rows] = d if m.policy.draft_record_before_resize else NO_RECORD
     new = c.capacity[rows] + 1 + d
     new_blocks = m.blocks(new)
-    ok = m.gpu.fit(new_blocks - m.gpu.count[rows], new_blocks <= m.width)
+    ok = growth_plan(m, rows, new_blocks - m.gpu.count[rows], new_blocks <= m.width, None)
+    if ok is None:
+        out: list[bool] = []
+        for i in range(rows.numel()):
+            out += _grow_generation(m, rows[i:i + 1], d[i:i + 1])
+        return out
+    c.draft_record[rows] = d if m.policy.draft_record_before_resize else NO_RECORD
     grown = rows[ok]
     m.gpu.grow(grown, new_blocks[ok])
     c.capacity[grown] = new[ok]
@@ -79,7 +87,9 @@ def revert_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]
     negative -> no-op; else capacity := target and the pages past blocks(target) are released.
     Cost: one H2D copy of 4 B per request, ~20 tensor ops, one device read.
     Raises (nothing changed, nothing popped): ProtocolError for an unknown request,
-    InvariantViolation("INV-LEN") for a target below history.
+    InvariantViolation("INV-LEN") for a target below history (under
+    ``revert_clears_before_resize`` the first such request's record is already popped: its
+    revert consumed it before the check).
     """
     ids = m.ids(reqs)
     if not ids:
@@ -89,7 +99,10 @@ def revert_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]
     rec = c.draft_record[rows]
     target = c.capacity[rows] - 1 - rec
     due = (rec >= 0) & m.active(rows) & (target >= 0)
-    m.require(rows, ~due | (target >= c.history[rows]), ids,
+    fine = ~due | (target >= c.history[rows])
+    if m.policy.revert_clears_before_resize and not bool(fine.all().item()):
+        c.draft_record[rows[(~fine).nonzero()[0]]] = NO_RECORD
+    m.require(rows, fine, ids,
               "revert_allocate_generation would shrink below history (record from an "
               "earlier iteration?)", "INV-LEN")
     c.draft_record[rows] = NO_RECORD
@@ -102,8 +115,9 @@ def update_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike],
     """Commits forwarded generation tokens and trims rejected drafts (TRT ``update_resources``).
 
     Per request: rewind = max(record - accepted, 0) (record None -> draft_len);
-    capacity -= rewind (pages released); history += 1 + accepted; committed = history;
-    record := None. Cost: one H2D copy of 12 B per request, ~25 tensor ops.
+    capacity -= rewind (pages released); history += 1 + accepted; committed = history (stays 0
+    without ``commit_on_forward``); record := None under ``pop_draft_record_on_update`` (else
+    kept). Cost: one H2D copy of 12 B per request, ~25 tensor ops.
     Raises (nothing changed): InvalidArgument for accepted outside [0, draft_len];
     ProtocolError for a missing or SUSPENDED cache; InvariantViolation("INV-LEN") for a history
     that would pass capacity.
@@ -128,9 +142,9 @@ def update_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike],
               "step (history + 1 + accepted <= capacity after the rewind)", "INV-LEN")
     m.gpu.shrink(rows, m.blocks(new_cap))
     c.capacity[rows] = new_cap
-    c.history[rows] = new_hist
-    c.committed[rows] = new_hist
-    c.draft_record[rows] = NO_RECORD
+    c.history[rows] = new_hist  # committed: the same tensor, or zeros without commit_on_forward
+    if m.policy.pop_draft_record_on_update:
+        c.draft_record[rows] = NO_RECORD
 
 
 def free_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:

@@ -48,8 +48,10 @@ def check_integrity(m: ManagerCore) -> None:
     """All structural invariants of the manager (raises InvariantViolation naming the first).
 
     INV-CONSERVE per tier (:func:`check_pool`); INV-LEN: committed <= history <= capacity and
-    pages == blocks(capacity) for every cache, empty values for empty slots; INV-TIER: a cache's
-    pages are in exactly one tier, on the host only when SUSPENDED.
+    GPU pages + host pages == blocks(capacity) for every cache, empty values for empty slots;
+    INV-TIER: an ACTIVE cache has no host page and stamp 0; SUSPENDED caches carry distinct
+    positive suspension stamps, none above the manager's clock; committed is 0 without
+    ``commit_on_forward``.
     """
     check_pool(m.gpu, "GPU")
     check_pool(m.host, "host")
@@ -61,16 +63,24 @@ def check_integrity(m: ManagerCore) -> None:
         raise InvariantViolation("INV-LEN", "a cache breaks 0 <= committed <= history <= cap")
     if bool((has & (gcount + hcount != m.blocks(c.capacity))).any()):
         raise InvariantViolation("INV-LEN", "a cache holds a page count != blocks(capacity)")
-    if bool((has & c.on_host & ((gcount != 0) | (c.status != SUSPENDED))).any()) or bool(
-            (has & ~c.on_host & (hcount != 0)).any()):
-        raise InvariantViolation("INV-TIER", "a cache has pages in the wrong tier")
+    if bool((has & (c.status != SUSPENDED) & (hcount != 0)).any()):
+        raise InvariantViolation("INV-TIER", "an ACTIVE cache has pages on the host tier")
+    if bool((has & (c.status != SUSPENDED) & (c.suspended_at != 0)).any()):
+        raise InvariantViolation("INV-TIER", "an ACTIVE cache carries a suspension stamp")
+    stamps = c.suspended_at[has & (c.status == SUSPENDED)]
+    if stamps.numel() and (bool((stamps < 1).any()) or int(stamps.max()) > m.clock
+                           or torch.unique(stamps).numel() != stamps.numel()):
+        raise InvariantViolation("INV-TIER", "suspension stamps are not distinct in 1..clock")
+    if not m.policy.commit_on_forward and bool((c.committed != 0).any()):
+        raise InvariantViolation("INV-LEN", "committed tokens without commit_on_forward")
     empty = ~has & ((c.capacity != 0) | (c.history != 0) | (c.committed != 0) | (gcount != 0)
-                    | (hcount != 0) | (c.draft_record != NO_RECORD) | c.on_host)
+                    | (hcount != 0) | (c.draft_record != NO_RECORD) | (c.suspended_at != 0))
     if bool(empty.any()):
         raise InvariantViolation("INV-LEN", "an empty slot holds pages or counters")
 
 
 def snapshot_state(m: ManagerCore) -> tuple[object, ...]:
-    """A deep, comparable copy of the whole bookkeeping state: cache fields, both pools (tables,
-    counts, free stacks in order, owner maps). KV data is not included (see ``read_kv``)."""
+    """A deep, comparable copy of the whole bookkeeping state: cache fields (suspension stamps
+    included), both pools (tables, counts, free stacks in order, owner maps). KV data is not
+    included (see ``read_kv``)."""
     return (m.cache.state(), m.gpu.state(), m.host.state())

@@ -53,12 +53,16 @@ class KVStore:
         slots = slot_mapping(table, rows, pos, self.block)
         self.gpu.view(-1, self.width)[slots] = token_value(rids, pos, self.lanes)
 
-    def read(self, table: torch.Tensor, row: int, history: int, on_host: bool) -> torch.Tensor:
-        """The first ``history`` tokens of ``row`` from the tier holding them, [history, width]."""
+    def read(self, table: torch.Tensor, row: int, start: int, stop: int, first_col: int,
+             on_host: bool) -> torch.Tensor:
+        """Tokens [start, stop) of ``row`` from one tier, whose ``table`` row holds the
+        logical page table's entries from column ``first_col`` on: [stop - start, width], on
+        that tier's device."""
         pool = self.host if on_host else self.gpu
-        pos = torch.arange(history, dtype=torch.int64, device=table.device)
+        pos = torch.arange(start, stop, dtype=torch.int64, device=table.device)
         rows = torch.full_like(pos, row)
-        slots = slot_mapping(table, rows, pos, self.block).to(pool.device)
+        pages = table[rows, torch.div(pos, self.block, rounding_mode="floor") - first_col].long()
+        slots = (pages * self.block + torch.remainder(pos, self.block)).to(pool.device)
         return pool.view(-1, self.width)[slots]
 
     def _staging(self, pages: int) -> torch.Tensor:

@@ -26,7 +26,9 @@ class Manager(ManagerCore):
     Args:
         config: sizes (pages, requests, tokens per block, resume gate, SWA rewind bound).
         policy: protocol switches used here: ``clear_snapshot_on_failure``,
-            ``swa_scratch_reuse``, ``host_tier``, ``draft_record_before_resize``.
+            ``swa_scratch_reuse``, ``host_tier``, ``draft_record_before_resize``,
+            ``revert_clears_before_resize``, ``pop_draft_record_on_update``,
+            ``free_branch_rewinds``, ``commit_on_forward``.
         device: torch device for the state and KV pool; None -> CUDA if available else CPU.
         kv_width: floats per token in the KV data pools.
         max_pages_per_request: page-table width (default num_gpu_pages, which never limits a
@@ -35,7 +37,13 @@ class Manager(ManagerCore):
             (:data:`kvspec.gpu_impl.core.PAGE_MOVES`); None picks by device. Same results.
 
     Request ids are slots ``0..num_requests-1`` (the page-table row). Batches are processed
-    in list order; each request is all-or-nothing; a batch that raises changes nothing.
+    in list order; each request is all-or-nothing; a batch that raises changes nothing (but
+    the consumed snapshot or record under ``revert_clears_before_resize``).
+
+    Each page is on the GPU or on the host tier (:meth:`get_page_tiers`). With a host tier,
+    a growth or a resume that needs more GPU pages than are free demotes the shortfall from
+    SUSPENDED caches' GPU pages: the most recently suspended cache first, each from the front
+    of its GPU pages (:mod:`kvspec.gpu_impl.tiering`; the CPU reference chooses differently).
     """
 
     def __init__(self, config: Config, policy: Policy, *, device: str | torch.device | None = None,
@@ -55,7 +63,7 @@ class Manager(ManagerCore):
         See :func:`context_ops.resize_context_batch`."""
         return context_ops.resize_context_batch(self, [req], [num_tokens])[0]
 
-    def revert_allocate_context(self, req: RequestLike) -> bool:
+    def revert_allocate_context(self, req: RequestLike) -> bool | None:
         """See :func:`context_ops.revert_allocate_context_batch`."""
         return context_ops.revert_allocate_context_batch(self, [req])[0]
 
@@ -99,7 +107,7 @@ class Manager(ManagerCore):
         """Batched :meth:`resize_context` (list order, each request all-or-nothing)."""
         return context_ops.resize_context_batch(self, reqs, num_tokens)
 
-    def revert_allocate_context_batch(self, reqs: Sequence[RequestLike]) -> list[bool]:
+    def revert_allocate_context_batch(self, reqs: Sequence[RequestLike]) -> list[bool | None]:
         """Batched :meth:`revert_allocate_context`."""
         return context_ops.revert_allocate_context_batch(self, reqs)
 
@@ -131,8 +139,9 @@ class Manager(ManagerCore):
         (``self.req``). Returns bool [k] on the device."""
         return row_ops.resize_context_rows(self, rows, num_tokens)
 
-    def revert_allocate_context_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """:meth:`revert_allocate_context_batch` on rows (snapshot/pos in the mirror)."""
+    def revert_allocate_context_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`revert_allocate_context_batch` on rows (snapshot/pos in the mirror); None
+        without ``free_branch_rewinds``."""
         return row_ops.revert_allocate_context_rows(self, rows)
 
     def update_context_resources_rows(self, rows: torch.Tensor, pos: torch.Tensor) -> None:
@@ -202,14 +211,16 @@ class Manager(ManagerCore):
         self.kv.write(self.gpu.table, rows[seg], rows[seg], start[seg] + j)
 
     def read_kv(self, rid: int) -> torch.Tensor:
-        """The KV of the first ``history`` tokens of ``rid``, read through its page table from
-        whichever tier holds it: float32 [history, kv_width] (on that tier's device)."""
+        """The KV of the first ``history`` tokens of ``rid``, read through its page table, each
+        page from the tier holding it: float32 [history, kv_width] on the manager's device."""
         row = self.row_id(rid)
         if not self.has_cache(row):
-            return torch.zeros((0, self.kv.width), dtype=torch.float32)
-        on_host = self.is_on_host(row)
-        table = self.host.table if on_host else self.gpu.table
-        return self.kv.read(table, row, self.get_history(row), on_host)
+            return torch.zeros((0, self.kv.width), dtype=torch.float32, device=self.device)
+        history = self.get_history(row)
+        split = min(history, self.get_host_pages(row) * self.block)
+        host = self.kv.read(self.host.table, row, 0, split, 0, True)
+        gpu = self.kv.read(self.gpu.table, row, split, history, split // self.block, False)
+        return torch.cat([host.to(self.device), gpu])
 
     # ---- observations -----------------------------------------------------------------------
 
@@ -233,9 +244,9 @@ class Manager(ManagerCore):
         """0 ACTIVE, 1 SUSPENDED (an empty slot reads SUSPENDED, as in the model)."""
         return int(self.cache.status[self.row_id(rid)].item())
 
-    def is_on_host(self, rid: int) -> bool:
-        """Whether the cache's pages are in the host tier."""
-        return bool(self.cache.on_host[self.row_id(rid)].item())
+    def get_host_pages(self, rid: int) -> int:
+        """How many of the cache's pages are on the host tier (0 for an empty slot)."""
+        return int(self.host.count[self.row_id(rid)].item())
 
     def is_never_resumed(self, rid: int) -> bool:
         """Whether the cache was created and never resumed."""
@@ -247,9 +258,16 @@ class Manager(ManagerCore):
         return None if v == NO_RECORD else v
 
     def get_page_table(self, rid: int) -> list[int]:
-        """Page ids of the cache in the tier holding it (host ids when on the host)."""
+        """Page ids of the cache, each of the tier :meth:`get_page_tiers` names: its host
+        pages first, then its GPU pages (empty for an empty slot)."""
         row = self.row_id(rid)
-        return self.host.row(row) if self.is_on_host(row) else self.gpu.row(row)
+        return self.host.row(row) + self.gpu.row(row)
+
+    def get_page_tiers(self, rid: int) -> tuple[int, ...]:
+        """Parallel to :meth:`get_page_table`: 1 for a host page id, 0 for a GPU page id."""
+        row = self.row_id(rid)
+        h = int(self.host.count[row].item())
+        return (1,) * h + (0,) * int(self.gpu.count[row].item())
 
     @property
     def num_free_gpu_pages(self) -> int:
@@ -260,6 +278,12 @@ class Manager(ManagerCore):
     def num_free_host_pages(self) -> int:
         """Free host-tier pages (0 when the policy has no host tier)."""
         return self.host.free
+
+    @property
+    def num_evictable_gpu_pages(self) -> int:
+        """GPU pages of SUSPENDED caches when the policy has a host tier, else 0 (one
+        reduction and one read)."""
+        return tiering.evictable_pages(self)
 
     @property
     def h2d_bytes(self) -> int:

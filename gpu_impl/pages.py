@@ -236,6 +236,37 @@ class PagePool:
         self.owner.index_fill_(0, pages, FREE_OWNER)
         self.free += total
 
+    def take_front(self, row: int, k: int, n: int) -> torch.Tensor:
+        """Pops ``k`` pages and puts them in front of ``row``'s ``n`` pages (which shift right
+        by k): column j < k gets the page the j-th pop hands out (the top first), as
+        :meth:`grow` would. Precondition: k <= free, n + k <= width, n == count[row].
+        Returns the popped pages (int64 [k]). Cost: ~7 tensor ops; ships nothing.
+        """
+        pages = self.stack[self.free - k:self.free].flip(0)
+        if n:
+            self.table[row, k:k + n] = self.table[row, :n].clone()
+        self.table[row, :k] = pages.to(torch.int32)
+        self.owner[pages] = row
+        self.count[row] = n + k
+        self.free -= k
+        return pages
+
+    def release_front(self, row: int, k: int, n: int) -> torch.Tensor:
+        """Releases the first ``k`` of ``row``'s ``n`` pages (the rest shift left by k): they
+        go onto the stack in column order (the last one on top); their entries past the new
+        count become the null page. Precondition: k <= n == count[row]. Returns the released
+        pages (int64 [k]). Cost: ~7 tensor ops; ships nothing.
+        """
+        pages = self.table[row, :k].long()
+        if n > k:
+            self.table[row, :n - k] = self.table[row, k:n].clone()
+        self.table[row, n - k:n] = NULL_PAGE
+        self.stack[self.free:self.free + k] = pages
+        self.owner[pages] = FREE_OWNER
+        self.count[row] = n - k
+        self.free += k
+        return pages
+
     def pages_of(self, rows: torch.Tensor) -> torch.Tensor:
         """Every page of ``rows`` as int64 [sum count], row by row, columns ascending (4 ops)."""
         seg, j, _ = expand(self.count[rows])

@@ -45,11 +45,18 @@ class GpuRequest:
 class CacheState:
     """Per-row cache fields as int32 (:data:`FIELD`) or bool [num_rows] tensors on one device.
 
-    Rows without a cache hold the empty values (capacity 0, SUSPENDED, no record), matching the
-    model's empty slot.
+    Rows without a cache hold the empty values (capacity 0, SUSPENDED, no record, stamp 0),
+    matching the model's empty slot. ``suspended_at`` (int64) is the suspension stamp of a
+    SUSPENDED cache (a manager-wide counter, larger = suspended later; 0 while ACTIVE), which
+    orders implicit eviction's victims. How many of a row's pages are on the host is the host
+    pool's count.
+
+    Args:
+        commit: the policy's ``commit_on_forward``: committed follows history (one tensor);
+            without it committed is a tensor of zeros that no operation writes.
     """
 
-    def __init__(self, num_rows: int, device: torch.device) -> None:
+    def __init__(self, num_rows: int, device: torch.device, commit: bool = True) -> None:
         def zeros() -> torch.Tensor:
             return torch.zeros(num_rows, dtype=FIELD, device=device)
 
@@ -58,18 +65,19 @@ class CacheState:
 
         self.capacity = zeros()
         self.history = zeros()
-        # committed == history in every state the protocol reaches (both are set together by
-        # update_context_resources / update_resources, zeroed together otherwise), so it is the
-        # same tensor: one scatter less per update.
-        self.committed = self.history
+        # With commit_on_forward, committed == history in every state the protocol reaches
+        # (both are set together by update_context_resources / update_resources, zeroed
+        # together otherwise), so it is the same tensor: one scatter less per update, and the
+        # operations write history only. Without it (block reuse off) committed stays 0.
+        self.committed = self.history if commit else zeros()
         self.status = torch.full((num_rows,), SUSPENDED, dtype=FIELD, device=device)
         self.draft_record = torch.full((num_rows,), NO_RECORD, dtype=FIELD, device=device)
         self.has_cache = flags()
-        self.on_host = flags()
         self.never_resumed = flags()
+        self.suspended_at = torch.zeros(num_rows, dtype=torch.int64, device=device)
 
     FIELDS = ("capacity", "history", "committed", "status", "draft_record", "has_cache",
-              "on_host", "never_resumed")
+              "never_resumed", "suspended_at")
 
     def clear(self, rows: torch.Tensor) -> None:
         """Resets ``rows`` to the empty slot (8 scatter ops)."""
@@ -77,8 +85,9 @@ class CacheState:
             getattr(self, name)[rows] = 0
         self.status[rows] = SUSPENDED
         self.draft_record[rows] = NO_RECORD
-        for name in ("has_cache", "on_host", "never_resumed"):
+        for name in ("has_cache", "never_resumed"):
             getattr(self, name)[rows] = False
+        self.suspended_at[rows] = 0
 
     def state(self) -> tuple[tuple[int, ...], ...]:
         """Every field as a tuple of ints (a comparable copy)."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from kvspec.errors import InvalidArgument
+from kvspec.errors import InvalidArgument, InvariantViolation
 
 from . import context_ops, generation_ops
 from .core import ManagerCore
@@ -265,8 +265,9 @@ def update_resources_rows(m: ManagerCore, rows: torch.Tensor | list[int],
             if (ok_rows and st_max == ACTIVE and rec_min >= 0 and slack >= 0 and a_min >= 0
                     and d_slack >= 0):
                 rs.put(c.capacity, new_cap)
-                rs.put(c.history, new_hist)  # committed is the same tensor
-                rs.fill(c.draft_record, NO_RECORD)
+                rs.put(c.history, new_hist)  # committed: the same tensor, or stays 0
+                if m.policy.pop_draft_record_on_update:
+                    rs.fill(c.draft_record, NO_RECORD)
                 _shrink(m, rs, nb, rel, rel_max, total)
                 return
     reqs = _requests(m, rows) if d is None else _requests(m, rows, draft_len=d)
@@ -305,15 +306,24 @@ def resize_context_rows(m: ManagerCore, rows: torch.Tensor | list[int],
     return _bools(m, ok)
 
 
-def revert_allocate_context_rows(m: ManagerCore, rows: torch.Tensor | list[int]) -> torch.Tensor:
+def revert_allocate_context_rows(m: ManagerCore,
+                                 rows: torch.Tensor | list[int]) -> torch.Tensor | None:
     """Row form of revert_allocate_context_batch (snapshot consumed from the mirror; the FREE
-    branch rewinds the mirror's pos). A rollback path: always the object operation on
-    requests built from the mirror (one D2H read, one H2D write back)."""
+    branch rewinds the mirror's pos under ``free_branch_rewinds``). A rollback path: always
+    the object operation on requests built from the mirror (one D2H read, one H2D write
+    back). Returns None without ``free_branch_rewinds`` (the object API's results are all
+    None then)."""
     (rows,) = _args(m, rows)
     reqs = _requests(m, rows)
-    ok = context_ops.revert_allocate_context_batch(m, reqs)
+    try:
+        ok = context_ops.revert_allocate_context_batch(m, reqs)
+    except InvariantViolation:
+        _store(m, rows, reqs)  # under revert_clears_before_resize a snapshot was consumed
+        raise
     _store(m, rows, reqs)
-    return _bools(m, ok)
+    if not m.policy.free_branch_rewinds:
+        return None
+    return _bools(m, [bool(x) for x in ok])
 
 
 def update_context_resources_rows(m: ManagerCore, rows: torch.Tensor | list[int],

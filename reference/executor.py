@@ -21,7 +21,9 @@ from .request import LlmRequest, RequestState
 
 @dataclass(frozen=True)
 class IterationResult:
-    """What one rank did in one iteration (request ids, in scheduling order)."""
+    """What one rank did in one iteration (request ids, in scheduling order; ``evicted``:
+    requests some of whose GPU pages the manager demoted to the host during the scheduler
+    pass, in first-demotion order)."""
 
     iteration: int
     rank: int
@@ -80,9 +82,12 @@ class ReferenceExecutor:
     ``can_queue``, then the reverts the policy requires and the forward with a seeded number
     of accepted draft tokens (SETTLE). Cost: O(live requests) manager calls per iteration.
 
-    NOTE: victims are evicted *before* the one ``try_allocate_generation``/``resize_context``
-    call of a request (TRT retries after each eviction), so every request is tried at most
-    once per iteration. Recompute-pause frees a started victim's cache with
+    NOTE: victims are suspended *before* the one ``try_allocate_generation``/``resize_context``
+    call of a request, until :meth:`ReferenceKVCacheManager.num_available_gpu_pages` covers
+    its need (TRT retries after each suspension), so every request is tried at most once per
+    iteration. The executor never demotes pages itself: the manager evicts suspended caches'
+    GPU pages to the host implicitly when a growth or resume needs them (``evicted`` reports
+    whose). Recompute-pause frees a started victim's cache with
     ``free_resources`` and rewinds it to position 0 (protocol: free, then a re-arrival); for a
     victim still in its context phase this is outside ``free_resources``'s protocol guard
     (GENERATION only), as in TRT.
@@ -163,7 +168,7 @@ class ReferenceExecutor:
     # ------------------------------------------------------------------------------------
     # reverts (the executor-level policy check)
 
-    def revert_context(self, rank: int, req: LlmRequest, reason: str) -> bool:
+    def revert_context(self, rank: int, req: LlmRequest, reason: str) -> bool | None:
         """Call ``revert_allocate_context`` when the policy requires it for ``reason``.
 
         Args:
@@ -171,7 +176,8 @@ class ReferenceExecutor:
                 (revert_context_on_skip) or ``"failed_resize"`` (rollback_failed_resize).
 
         Returns:
-            The manager's result (False: the FREE branch dropped the cache).
+            The manager's result (False: the FREE branch dropped the cache; None from every
+            branch without ``free_branch_rewinds``).
 
         Raises:
             ProtocolError: the policy does not revert for ``reason``; nothing changes.
@@ -240,6 +246,7 @@ class ReferenceExecutor:
     def _schedule(self, rank: _Rank) -> _Pass:
         """Models ``KVCacheV2Scheduler.schedule_request``: generation first, then context."""
         mgr, cfg, p = rank.manager, self.config, _Pass()
+        mgr.pop_demoted()                          # demotions outside this pass: not ours
         tokens_left, slots_left = cfg.max_num_tokens, cfg.max_batch_size
         reqs = rank.requests
         blocks = cfg.blocks
@@ -253,7 +260,7 @@ class ReferenceExecutor:
                 break
             rid = req.request_id
             need = mgr.generation_pages_needed(req)
-            if need > 0 and mgr.num_free_gpu_pages < need and not self._make_room(
+            if need > 0 and mgr.num_available_gpu_pages(rid) < need and not self._make_room(
                     rank, p, req, need, reqs[i + 1:]):
                 if mgr.get_status(rid) == CacheStatus.ACTIVE:   # self-eviction
                     mgr.suspend_request(req)
@@ -281,12 +288,12 @@ class ReferenceExecutor:
             need = 0
             if mgr.has_cache(rid):
                 cap = mgr.get_capacity(rid)
-                need = blocks(cap) if mgr.is_on_host(rid) else 0
+                need = mgr.get_host_pages(rid)
             else:
                 cap = 0
             need += blocks(max(cap, req.context_current_position + req.context_resize_tokens()))
             need -= blocks(cap)
-            if mgr.num_free_gpu_pages < need:
+            if mgr.num_available_gpu_pages(rid) < need:
                 self._make_room(rank, p, req, need, reqs[i + 1:])
             if not mgr.prepare_context(req):
                 continue
@@ -298,59 +305,46 @@ class ReferenceExecutor:
             p.failed_resize.append(req)
             if not self.policy.host_tier:
                 break
+        p.evicted.extend(mgr.pop_demoted())
         return p
-
-    def _evict_suspended(self, rank: _Rank, p: _Pass, req: LlmRequest, need: int) -> bool:
-        """Evict SUSPENDED caches (not ``req``'s) to the host until ``need`` pages are free."""
-        mgr = rank.manager
-        if not self.policy.host_tier:
-            return mgr.num_free_gpu_pages >= need
-        for other in rank.requests:
-            if mgr.num_free_gpu_pages >= need:
-                break
-            rid = other.request_id
-            if (other is not req and mgr.has_cache(rid) and not mgr.is_on_host(rid)
-                    and mgr.get_status(rid) == CacheStatus.SUSPENDED
-                    and mgr.get_page_table(rid) and mgr.evict_to_host(other)):
-                p.evicted.append(rid)
-        return mgr.num_free_gpu_pages >= need
 
     def _make_room(self, rank: _Rank, p: _Pass, req: LlmRequest, need: int,
                    later: Sequence[LlmRequest]) -> bool:
-        """Phase-1 eviction for ``req``: evict suspended caches, then suspend and evict
-        victims from the tail, then recompute-pause victims. Only requests after ``req`` in
-        the list are victims (INV-EVICT-ORDER)."""
+        """Phase-1 eviction for ``req``: with a host tier suspend victims from the tail (their
+        GPU pages become evictable; the manager demotes them when ``req`` needs them), then
+        recompute-pause victims, until ``need`` pages are available to ``req``. Only requests
+        after ``req`` in the list are victims (INV-EVICT-ORDER)."""
         mgr = rank.manager
-        if self._evict_suspended(rank, p, req, need):
+        rid = req.request_id
+        if mgr.num_available_gpu_pages(rid) >= need:
             return True
         if self.policy.host_tier:
             for victim in reversed(later):
-                rid = victim.request_id
-                if (rid in p.touched or not mgr.has_cache(rid)
-                        or mgr.get_status(rid) != CacheStatus.ACTIVE
+                vid = victim.request_id
+                if (vid in p.touched or not mgr.has_cache(vid)
+                        or mgr.get_status(vid) != CacheStatus.ACTIVE
                         or (victim.is_context and victim.context_current_position == 0)):
                     continue
                 mgr.suspend_request(victim)
-                p.suspended.append(rid)
-                p.touched.add(rid)
-                if mgr.evict_to_host(victim):
-                    p.evicted.append(rid)
-                if mgr.num_free_gpu_pages >= need:
+                p.suspended.append(vid)
+                p.touched.add(vid)
+                if mgr.num_available_gpu_pages(rid) >= need:
                     return True
         if self.enable_recompute_pause:
             for victim in reversed(later):
                 if self._pausable(mgr, p, victim):
                     self._recompute_pause(mgr, p, victim)
-                    if mgr.num_free_gpu_pages >= need:
+                    if mgr.num_available_gpu_pages(rid) >= need:
                         return True
         return False
 
     def _pausable(self, mgr: ReferenceKVCacheManager, p: _Pass, req: LlmRequest) -> bool:
+        """A started victim not touched this pass whose cache holds GPU pages."""
         rid = req.request_id
         started = req.state == RequestState.GENERATION_IN_PROGRESS or (
             req.state == RequestState.CONTEXT_INIT and req.context_current_position > 0)
         return (started and rid not in p.touched and mgr.has_cache(rid)
-                and not mgr.is_on_host(rid))
+                and self.config.blocks(mgr.get_capacity(rid)) > mgr.get_host_pages(rid))
 
     def _recompute_pause(self, mgr: ReferenceKVCacheManager, p: _Pass, req: LlmRequest) -> None:
         """Free a started victim's cache; it replays its prompt later (a re-arrival)."""

@@ -1,5 +1,6 @@
-"""Structural checks of a reference manager: page conservation per tier and the per-cache
-length invariants. O(total pages); used by tests after every step, never on the hot path."""
+"""Structural checks of a reference manager: page conservation per tier (each page table
+entry in its own tier), the per-cache length invariants and the per-page tiers. O(total
+pages); used by tests after every step, never on the hot path."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping
 from kvspec.config import Config
 from kvspec.errors import InvariantViolation
 
-from .cache import CacheStatus, KVCache
+from .cache import GPU_TIER, HOST_TIER, CacheStatus, KVCache
 from .pool import PagePool
 
 
@@ -43,15 +44,19 @@ def _check_tier(pool: PagePool, held: Mapping[int, list[int]]) -> None:
 
 
 def check_integrity(config: Config, gpu: PagePool, host: PagePool,
-                    caches: Mapping[int, KVCache], num_suspended_gpu_pages: int) -> None:
+                    caches: Mapping[int, KVCache], num_suspended_gpu_pages: int,
+                    suspended: Mapping[int, KVCache] | None = None) -> None:
     """Raise :class:`InvariantViolation` unless the manager's structures are consistent.
 
-    Checks: per tier, every page id is free or held by one cache, never twice and never both;
-    page table length == ceil(capacity / B); committed <= history <= capacity; ACTIVE caches
-    are on GPU; the suspended-on-GPU page counter matches the caches.
+    Checks: per tier, every page id is free or held by one cache entry of that tier, never
+    twice and never both; page table length == ceil(capacity / B); the per-entry tiers agree
+    with the host page count (``tiers`` None exactly when no entry is on the host); committed
+    <= history <= capacity; ACTIVE caches have every page on GPU; the suspended-on-GPU page
+    counter matches the caches; ``suspended`` (when given) holds exactly the SUSPENDED caches.
     """
     tpb = config.tokens_per_block
-    suspended = 0
+    suspended_gpu = 0
+    held: tuple[dict[int, list[int]], dict[int, list[int]]] = ({}, {})
     for rid, c in caches.items():
         if len(c.pages) != -(-c.capacity // tpb):
             raise InvariantViolation(
@@ -61,13 +66,34 @@ def check_integrity(config: Config, gpu: PagePool, host: PagePool,
             raise InvariantViolation(
                 "INV-LEN", f"request {rid}: committed {c.committed} <= history {c.history} <="
                 f" capacity {c.capacity} does not hold")
-        if c.status == CacheStatus.ACTIVE and c.on_host:
-            raise InvariantViolation("INV-LOCK", f"request {rid}: ACTIVE cache is on the host")
-        if c.status == CacheStatus.SUSPENDED and not c.on_host:
-            suspended += len(c.pages)
-    _check_tier(gpu, {rid: c.pages for rid, c in caches.items() if not c.on_host})
-    _check_tier(host, {rid: c.pages for rid, c in caches.items() if c.on_host})
-    if suspended != num_suspended_gpu_pages:
+        tiers = c.tiers
+        if tiers is None:
+            if c.num_host != 0:
+                raise InvariantViolation(
+                    "INV-TIER", f"request {rid}: {c.num_host} host pages but no per-page tiers")
+            held[GPU_TIER][rid] = c.pages
+        else:
+            if (len(tiers) != len(c.pages) or any(t not in (GPU_TIER, HOST_TIER) for t in tiers)
+                    or tiers.count(HOST_TIER) != c.num_host or c.num_host == 0):
+                raise InvariantViolation(
+                    "INV-TIER", f"request {rid}: per-page tiers {tiers} disagree with"
+                    f" {len(c.pages)} pages of which {c.num_host} on the host")
+            for tier in (GPU_TIER, HOST_TIER):
+                held[tier][rid] = [p for p, t in zip(c.pages, tiers, strict=True) if t == tier]
+        if c.status == CacheStatus.ACTIVE and c.num_host:
+            raise InvariantViolation(
+                "INV-LOCK", f"request {rid}: ACTIVE cache has {c.num_host} pages on the host")
+        if c.status == CacheStatus.SUSPENDED:
+            suspended_gpu += c.num_gpu
+    _check_tier(gpu, held[GPU_TIER])
+    _check_tier(host, held[HOST_TIER])
+    if suspended_gpu != num_suspended_gpu_pages:
         raise InvariantViolation(
             "INV-CONSERVE", f"suspended-on-GPU page counter {num_suspended_gpu_pages} !="
-            f" {suspended} pages held by SUSPENDED caches on GPU")
+            f" {suspended_gpu} GPU pages held by SUSPENDED caches")
+    if suspended is not None:
+        want = {rid for rid, c in caches.items() if c.status == CacheStatus.SUSPENDED}
+        if set(suspended) != want or any(suspended[r] is not caches[r] for r in suspended):
+            raise InvariantViolation(
+                "INV-CONSERVE", f"suspension order {list(suspended)} does not list exactly"
+                f" the SUSPENDED caches {sorted(want)}")

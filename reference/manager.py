@@ -10,7 +10,7 @@ from kvspec.config import Config
 from kvspec.errors import InvalidArgument, InvariantViolation, ProtocolError
 from kvspec.policy import Policy
 
-from .cache import CacheStatus, KVCache, PageState
+from .cache import GPU_TIER, HOST_TIER, CacheStatus, KVCache, PageState
 from .integrity import check_integrity
 from .pool import PagePool
 from .request import LlmRequest, RequestState
@@ -27,11 +27,21 @@ class ReferenceKVCacheManager:
     """Per-request KV capacity over a GPU page pool and an optional host tier.
 
     State: ``request_id -> KVCache`` (``kv_cache_map`` in TRT), the draft record
-    ``_allocated_draft_lens`` and two :class:`PagePool` free lists. The number of GPU pages
-    held by SUSPENDED caches is kept as a counter, so the resume gate is O(1).
+    ``_allocated_draft_lens``, two :class:`PagePool` free lists and the SUSPENDED caches in
+    suspension order (least recently suspended first). The number of GPU pages held by
+    SUSPENDED caches is kept as a counter, so the resume gate is O(1).
+
+    Each page table entry is on the GPU or on the host tier. With a host tier, the GPU pages of
+    SUSPENDED caches are evictable: an operation that needs more GPU pages than are free (a
+    growth, the recall of a resume) demotes exactly the shortfall to the host first (implicit
+    eviction, :meth:`_make_room`). Victims (:meth:`_select_victims`): the least recently
+    suspended cache first (an LRU by suspension order), each from the end of its page table
+    towards the front.
 
     Policy switches read here: ``clear_snapshot_on_failure``, ``swa_scratch_reuse``,
-    ``host_tier`` and ``draft_record_before_resize``; the executor reads the others.
+    ``host_tier``, ``draft_record_before_resize``, ``revert_clears_before_resize``,
+    ``pop_draft_record_on_update``, ``free_branch_rewinds`` and ``commit_on_forward``; the
+    executor reads the others.
 
     NOTE: per-iteration guards of the protocol (prepared/resized/tried this iteration) belong
     to the caller (the executor or the conformance driver); the manager enforces only what
@@ -54,7 +64,11 @@ class ReferenceKVCacheManager:
         self._host = PagePool(config.num_host_pages if policy.host_tier else 0, "host")
         self._caches: dict[int, KVCache] = {}
         self._allocated_draft_lens: dict[int, int] = {}
+        # SUSPENDED caches, least recently suspended first (dicts keep insertion order)
+        self._suspended: dict[int, KVCache] = {}
         self._num_suspended_gpu_pages = 0
+        # requests whose pages were demoted since the last pop_demoted() (bounded by the ids)
+        self._demoted: dict[int, None] = {}
         self._util_num = config.max_util_for_resume.numerator
         self._util_den = config.max_util_for_resume.denominator
 
@@ -78,29 +92,120 @@ class ReferenceKVCacheManager:
                 f"{action}: request {req.request_id} is in state {req.state.name}; it needs"
                 f" {state.name}")
 
-    def _suspend(self, cache: KVCache) -> None:
+    def _suspend(self, rid: int, cache: KVCache) -> None:
+        """ACTIVE -> SUSPENDED: the most recently suspended cache; its GPU pages evictable."""
         cache.status = SUSPENDED
-        self._num_suspended_gpu_pages += len(cache.pages)
+        self._suspended[rid] = cache
+        self._num_suspended_gpu_pages += len(cache.pages)   # an ACTIVE cache is all on GPU
 
-    def _resume(self, cache: KVCache) -> bool:
-        """``_KVCache.resume``: the utilization gate, then pages back to GPU. All-or-nothing."""
+    def _resume(self, rid: int, cache: KVCache) -> bool:
+        """``_KVCache.resume``: the utilization gate, room for the cache's host pages
+        (evicting other suspended caches' pages), then its host pages back to GPU.
+        All-or-nothing: a refusal changes nothing."""
         g = self._gpu.num_pages
+        # evictable still includes this cache's own GPU pages: it is SUSPENDED at gate time
         used = g - self._gpu.num_free_pages - self.num_evictable_gpu_pages
         if g > 0 and used * self._util_den > self._util_num * g:
             return False
-        if cache.on_host:
-            n = len(cache.pages)
-            if self._gpu.num_free_pages < n:
+        own_gpu = cache.num_gpu
+        if cache.num_host:
+            # TRT batched_lock_to_gpu: the cache's own pages are not eviction victims
+            if not self._make_room(cache.num_host, cache):
                 return False
-            host_pages = cache.pages
-            cache.pages = self._gpu.allocate_n(n)
-            self._host.free_n(host_pages)
-            cache.on_host = False
-        else:
-            self._num_suspended_gpu_pages -= len(cache.pages)
+            self._recall(cache)
+        del self._suspended[rid]
+        self._num_suspended_gpu_pages -= own_gpu
         cache.status = ACTIVE
         cache.never_resumed = False
         return True
+
+    def _make_room(self, n: int, exclude: KVCache) -> bool:
+        """Make ``n`` GPU pages free, demoting other SUSPENDED caches' GPU pages if needed.
+
+        shortfall = max(0, n - free GPU pages). Succeeds iff the host tier exists (or the
+        shortfall is 0), shortfall <= evictable GPU pages of caches other than ``exclude`` and
+        shortfall <= free host pages; then exactly ``shortfall`` pages are demoted (victims by
+        :meth:`_select_victims`). On failure nothing changes. Cost: O(1) without a shortfall,
+        else O(suspended caches + pages demoted).
+        """
+        short = n - self._gpu.num_free_pages
+        if short <= 0:
+            return True
+        if not self.policy.host_tier or short > self._host.num_free_pages:
+            return False
+        others = self._num_suspended_gpu_pages
+        if exclude.status is SUSPENDED:
+            others -= exclude.num_gpu
+        if short > others:
+            return False
+        for rid, cache, entries in self._select_victims(short, exclude):
+            self._demote(rid, cache, entries)
+        return True
+
+    def _select_victims(self, n: int,
+                        exclude: KVCache) -> list[tuple[int, KVCache, list[int]]]:
+        """The ``n`` GPU pages implicit eviction demotes: (request id, cache, page table
+        indices) per victim, in demotion order.
+
+        Choice: the least recently suspended cache first (LRU by suspension order; a new
+        cache counts as suspended when created), each cache's GPU entries from the end of its
+        page table towards the front; ``exclude`` is never a victim. The caller checked that
+        enough evictable pages exist. Subclasses may override it (any choice of ``n`` GPU
+        entries of SUSPENDED caches other than ``exclude`` keeps the protocol).
+        Cost: O(suspended caches + n).
+        """
+        out: list[tuple[int, KVCache, list[int]]] = []
+        left = n
+        for rid, cache in self._suspended.items():
+            if cache is exclude or cache.num_gpu == 0:
+                continue
+            tiers = cache.tiers
+            last = len(cache.pages) - 1
+            if tiers is None:
+                entries = list(range(last, max(last - left, -1), -1))
+            else:
+                entries = [i for i in range(last, -1, -1) if tiers[i] == GPU_TIER][:left]
+            out.append((rid, cache, entries))
+            left -= len(entries)
+            if left == 0:
+                break
+        return out
+
+    def _demote(self, rid: int, cache: KVCache, entries: list[int]) -> None:
+        """Demote the GPU pages at ``entries`` of a SUSPENDED cache to fresh host pages (the
+        data would be copied GPU -> host); the GPU pages are freed in ``entries`` order. The
+        caller checked the host has room. O(len(entries)), O(pages) on a first demotion."""
+        k = len(entries)
+        host_pages = self._host.allocate_n(k)
+        pages = cache.pages
+        if cache.tiers is None:
+            cache.tiers = [GPU_TIER] * len(pages)
+        tiers = cache.tiers
+        freed = []
+        for i, h in zip(entries, host_pages, strict=True):
+            freed.append(pages[i])
+            pages[i] = h
+            tiers[i] = HOST_TIER
+        self._gpu.free_n(freed)
+        cache.num_host += k
+        self._num_suspended_gpu_pages -= k
+        self._demoted[rid] = None
+
+    def _recall(self, cache: KVCache) -> None:
+        """Every host page of ``cache`` back to a fresh GPU page (data copied host -> GPU),
+        then the host pages freed. The caller made room. O(pages)."""
+        pages = cache.pages
+        tiers = cache.tiers
+        assert tiers is not None
+        fresh = iter(self._gpu.allocate_n(cache.num_host))
+        freed = []
+        for i, t in enumerate(tiers):
+            if t == HOST_TIER:
+                freed.append(pages[i])
+                pages[i] = next(fresh)
+        self._host.free_n(freed)
+        cache.tiers = None
+        cache.num_host = 0
 
     def _set_capacity(self, cache: KVCache, capacity: int) -> None:
         """Grow or shrink an ACTIVE cache's page table; the caller checked the free pages."""
@@ -115,14 +220,21 @@ class ReferenceKVCacheManager:
         cache.capacity = capacity
 
     def _release(self, rid: int, cache: KVCache) -> None:
-        """Close ``cache``: its pages go back to their tier; the draft record is forgotten."""
-        if cache.on_host:
-            self._host.free_n(cache.pages)
-        else:
-            if cache.status == SUSPENDED:
-                self._num_suspended_gpu_pages -= len(cache.pages)
+        """Close ``cache``: each page goes back to its own tier; the draft record is
+        forgotten."""
+        tiers = cache.tiers
+        if tiers is None:
             self._gpu.free_n(cache.pages)
+        else:
+            pairs = list(zip(cache.pages, tiers, strict=True))
+            self._gpu.free_n([p for p, t in pairs if t == GPU_TIER])
+            self._host.free_n([p for p, t in pairs if t == HOST_TIER])
+        if cache.status == SUSPENDED:
+            self._num_suspended_gpu_pages -= cache.num_gpu
+            del self._suspended[rid]
         cache.pages = []
+        cache.tiers = None
+        cache.num_host = 0
         del self._caches[rid]
         self._allocated_draft_lens.pop(rid, None)
 
@@ -132,9 +244,10 @@ class ReferenceKVCacheManager:
     def prepare_context(self, req: LlmRequest) -> bool:
         """Models TRT ``prepare_context``: create the cache on a first chunk, resume it.
 
-        Cost: O(1), plus O(pages) when a host-resident cache is recalled. Effect: a first
-        chunk without a cache gets an empty SUSPENDED, never-resumed cache (kept even when the
-        resume is refused); a SUSPENDED cache is resumed when the gate allows.
+        Cost: O(1), plus O(pages) when host pages are recalled. Effect: a first chunk without
+        a cache gets an empty SUSPENDED, never-resumed cache (kept even when the resume is
+        refused); a SUSPENDED cache is resumed when the gate allows and its host pages (if
+        any) fit on the GPU, evicting other suspended caches' pages (:meth:`_make_room`).
 
         Returns:
             Whether the cache is ACTIVE afterwards.
@@ -151,17 +264,20 @@ class ReferenceKVCacheManager:
                     f" {req.context_current_position} but has no KV cache; only a first"
                     " chunk (position 0) creates one")
             cache = self._caches[req.request_id] = KVCache()
+            self._suspended[req.request_id] = cache        # born SUSPENDED, with no pages
         if cache.status == SUSPENDED:
-            self._resume(cache)
+            self._resume(req.request_id, cache)
         return cache.status == ACTIVE
 
     def resize_context(self, req: LlmRequest, num_tokens: int) -> bool:
         """Models TRT ``resize_context``: grow to max(capacity, pos + num_tokens).
 
-        Cost: O(new pages). Effect on success: capacity grows, ``num_free_gpu_pages`` drops by
-        the new pages, ``req.py_ctx_pre_resize_cap`` = old capacity if it grew else None.
-        On failure (not enough free GPU pages) nothing is allocated; a first chunk's cache is
-        suspended and, under ``clear_snapshot_on_failure``, the snapshot is cleared.
+        Cost: O(new pages). Effect on success: capacity grows by blocks(new) - blocks(old)
+        pages, taken from the free GPU pages after demoting the shortfall from suspended caches
+        (:meth:`_make_room`); ``req.py_ctx_pre_resize_cap`` = old capacity if it grew else
+        None. On failure (not enough free plus evictable GPU pages, or host room for the
+        shortfall) nothing is allocated or demoted; a first chunk's cache is suspended and,
+        under ``clear_snapshot_on_failure``, the snapshot is cleared.
 
         Args:
             req: A CONTEXT_INIT request with an ACTIVE cache.
@@ -187,9 +303,10 @@ class ReferenceKVCacheManager:
                 " prepare_context (which resumes it) and resize only when it returns True")
         old = cache.capacity
         new = max(old, req.context_current_position + num_tokens)
-        if self._blocks(new) - len(cache.pages) > self._gpu.num_free_pages:
+        need = self._blocks(new) - len(cache.pages)
+        if need > self._gpu.num_free_pages and not self._make_room(need, cache):
             if req.context_current_position == 0:
-                self._suspend(cache)
+                self._suspend(req.request_id, cache)
             if self.policy.clear_snapshot_on_failure:
                 req.py_ctx_pre_resize_cap = None
             return False
@@ -197,30 +314,41 @@ class ReferenceKVCacheManager:
         req.py_ctx_pre_resize_cap = old if new > old else None
         return True
 
-    def revert_allocate_context(self, req: LlmRequest) -> bool:
+    def revert_allocate_context(self, req: LlmRequest) -> bool | None:
         """Models TRT ``revert_allocate_context``: give back this iteration's context growth.
 
         Reads and clears ``req.py_ctx_pre_resize_cap`` (pre). No snapshot, no ACTIVE cache or
         pre >= capacity: nothing else happens. FREE branch (history > pre): the cache is
-        closed and the request rewound to position 0. SHRINK branch: capacity = pre (pages
-        past blocks(pre) freed), history unchanged, then suspended iff pre > 0.
+        closed and, under ``free_branch_rewinds``, the request rewound to position 0. SHRINK
+        branch: capacity = pre (pages past blocks(pre) freed), history unchanged, then
+        suspended iff pre > 0.
 
         Returns:
-            False exactly in the FREE branch.
+            With ``free_branch_rewinds`` (PR 14849's revision): False exactly in the FREE
+            branch, else True. Without it (TRT's revision that returns nothing): None from
+            every branch.
 
         Raises:
             InvariantViolation: ``SWA-REWIND``: under ``swa_scratch_reuse`` a SHRINK of a
                 CONTEXT_INIT request's cache with capacity - max_rewind_len > history (TRT's
-                assertion); raised before the snapshot is consumed.
+                assertion). Raised before the snapshot is consumed, except under
+                ``revert_clears_before_resize``, where the snapshot is already None (the
+                only change).
         """
         pre = req.py_ctx_pre_resize_cap
+        clears_first = self.policy.revert_clears_before_resize
+        if clears_first:
+            req.py_ctx_pre_resize_cap = None
+        done: bool | None = True if self.policy.free_branch_rewinds else None
         cache = self._caches.get(req.request_id)
         if pre is None or cache is None or cache.status != ACTIVE or pre >= cache.capacity:
             req.py_ctx_pre_resize_cap = None
-            return True
+            return done
         if cache.history > pre:
             req.py_ctx_pre_resize_cap = None
             self._release(req.request_id, cache)
+            if done is None:
+                return None
             req.context_current_position = 0
             return False
         if (self.policy.swa_scratch_reuse and req.state == RequestState.CONTEXT_INIT
@@ -235,11 +363,12 @@ class ReferenceKVCacheManager:
         req.py_ctx_pre_resize_cap = None
         self._set_capacity(cache, pre)
         if pre > 0:
-            self._suspend(cache)
-        return True
+            self._suspend(req.request_id, cache)
+        return done
 
     def update_context_resources(self, reqs: Sequence[LlmRequest]) -> None:
-        """Models TRT ``_update_v2_context_resources``: history = committed = position.
+        """Models TRT ``_update_v2_context_resources``: history = committed = position
+        (committed stays as it is, 0, without ``commit_on_forward``: block reuse off).
 
         The caller advanced ``context_current_position`` by the forwarded chunk first.
         Cost: O(len(reqs)). All-or-nothing over the batch.
@@ -264,8 +393,12 @@ class ReferenceKVCacheManager:
                     f" outside [history {cache.history}, capacity {cache.capacity}]; advance"
                     " the position by the resized chunk only")
             caches.append((cache, pos))
-        for cache, pos in caches:
-            cache.history = cache.committed = pos
+        if self.policy.commit_on_forward:
+            for cache, pos in caches:
+                cache.history = cache.committed = pos
+        else:
+            for cache, pos in caches:
+                cache.history = pos
 
     # ------------------------------------------------------------------------------------
     # generation phase
@@ -274,9 +407,11 @@ class ReferenceKVCacheManager:
         """Models TRT ``try_allocate_generation``: resume if needed, grow by 1 + draft_len.
 
         Cost: O(new pages). A refused resume changes nothing. Otherwise the old draft record
-        is dropped (and, under ``draft_record_before_resize``, draft_len recorded); on success
-        capacity grows and the record is draft_len. A failed grow after a resume leaves the
-        cache ACTIVE.
+        is dropped (and, under ``draft_record_before_resize``, draft_len recorded); the growth
+        needs blocks(new) - blocks(old) GPU pages, free or demoted from suspended caches
+        (:meth:`_make_room`); on success capacity grows and the record is draft_len. A failed
+        grow changes nothing more; after a resume the cache stays ACTIVE (and pages demoted
+        for the resume stay demoted).
 
         Returns:
             Whether the capacity grew.
@@ -290,7 +425,7 @@ class ReferenceKVCacheManager:
         cache = self._caches.get(rid)
         if cache is None:
             cache = self._cache(req, "try_allocate_generation")
-        if cache.status is SUSPENDED and not self._resume(cache):
+        if cache.status is SUSPENDED and not self._resume(rid, cache):
             return False
         d = req.draft_len
         drafts = self._allocated_draft_lens
@@ -302,7 +437,7 @@ class ReferenceKVCacheManager:
         pages = cache.pages
         grow = -(-new // self._tpb) - len(pages)
         if grow > 0:
-            if grow > self._gpu.num_free_pages:
+            if grow > self._gpu.num_free_pages and not self._make_room(grow, cache):
                 return False
             pages += self._gpu.allocate_n(grow)
         cache.capacity = new
@@ -310,8 +445,9 @@ class ReferenceKVCacheManager:
         return True
 
     def generation_pages_needed(self, req: LlmRequest) -> int:
-        """Free GPU pages ``try_allocate_generation(req)`` would need now: the growth, plus
-        the recall of a host-resident cache. O(1); for schedulers deciding on eviction.
+        """GPU pages ``try_allocate_generation(req)`` would need now: the growth, plus the
+        recall of the cache's host pages. O(1); for schedulers deciding on eviction (compare
+        with :meth:`num_available_gpu_pages`).
 
         Raises:
             ProtocolError: no cache.
@@ -319,9 +455,8 @@ class ReferenceKVCacheManager:
         cache = self._caches.get(req.request_id)
         if cache is None:
             cache = self._cache(req, "generation_pages_needed")
-        have = len(cache.pages)
-        grow = -(-(cache.capacity + 1 + req.draft_len) // self._tpb) - have
-        return grow + have if cache.on_host else grow
+        grow = -(-(cache.capacity + 1 + req.draft_len) // self._tpb) - len(cache.pages)
+        return grow + cache.num_host
 
     def revert_allocate_generation(self, req: LlmRequest) -> None:
         """Models TRT ``revert_allocate_generation``: shrink by 1 + the popped draft record.
@@ -330,17 +465,22 @@ class ReferenceKVCacheManager:
 
         Raises:
             InvariantViolation: ``INV-LEN``: the target is below the history (TRT's
-                "shrink must succeed" RuntimeError); nothing is popped.
+                "shrink must succeed" RuntimeError); nothing is popped, except under
+                ``revert_clears_before_resize``, where the record is already popped (the only
+                change).
         """
         rid = req.request_id
-        rec = self._allocated_draft_lens.get(rid)
+        if self.policy.revert_clears_before_resize:
+            rec = self._allocated_draft_lens.pop(rid, None)
+        else:
+            rec = self._allocated_draft_lens.get(rid)
         cache = self._caches.get(rid)
         if rec is None or cache is None or cache.status != ACTIVE:
             self._allocated_draft_lens.pop(rid, None)
             return
         target = cache.capacity - 1 - rec
         if target < 0:
-            del self._allocated_draft_lens[rid]
+            self._allocated_draft_lens.pop(rid, None)
             return
         if target < cache.history:
             raise InvariantViolation(
@@ -348,14 +488,16 @@ class ReferenceKVCacheManager:
                 f"revert_allocate_generation: request {rid}'s capacity {cache.capacity} minus"
                 f" 1 + draft record {rec} is {target}, below history {cache.history}; the"
                 " record does not match a growth (record it only on success)")
-        del self._allocated_draft_lens[rid]
+        self._allocated_draft_lens.pop(rid, None)
         self._set_capacity(cache, target)
 
     def update_resources(self, reqs: Sequence[LlmRequest], accepted: Sequence[int]) -> None:
         """Models TRT ``update_resources`` for forwarded generation requests.
 
         Per request: rewind = max(record - accepted, 0) (no record: draft_len); capacity -=
-        rewind; history = committed = history + 1 + accepted; record popped. Cost:
+        rewind; history += 1 + accepted; committed = history under ``commit_on_forward``
+        (else unchanged: 0); the record popped under ``pop_draft_record_on_update`` (else kept
+        until the next try_allocate_generation, a revert or the free). Cost:
         O(len(reqs) + freed pages). All-or-nothing over the batch.
 
         Raises:
@@ -400,13 +542,18 @@ class ReferenceKVCacheManager:
                     f" capacity {new_cap}; grow it with try_allocate_generation first")
             plan.append((rid, cache, new_cap, new_hist))
         tpb = self._tpb
+        commit = self.policy.commit_on_forward
+        pop = self.policy.pop_draft_record_on_update
         for rid, cache, new_cap, new_hist in plan:
             if new_cap != cache.capacity:
                 if -(-new_cap // tpb) != len(cache.pages):
                     self._set_capacity(cache, new_cap)
                 cache.capacity = new_cap
-            cache.history = cache.committed = new_hist
-            drafts.pop(rid, None)
+            cache.history = new_hist
+            if commit:
+                cache.committed = new_hist
+            if pop:
+                drafts.pop(rid, None)
 
     # ------------------------------------------------------------------------------------
     # victims, tiers, end of life
@@ -424,7 +571,7 @@ class ReferenceKVCacheManager:
             raise ProtocolError(
                 f"suspend_request: request {req.request_id}'s cache is already SUSPENDED;"
                 " suspend only ACTIVE victims")
-        self._suspend(cache)
+        self._suspend(req.request_id, cache)
 
     def resume_request(self, req: LlmRequest) -> bool:
         """Models TRT ``resume_request``: the gated resume of a SUSPENDED cache.
@@ -439,19 +586,22 @@ class ReferenceKVCacheManager:
         if cache.status != SUSPENDED:
             raise ProtocolError(
                 f"resume_request: request {req.request_id}'s cache is already ACTIVE")
-        return self._resume(cache)
+        return self._resume(req.request_id, cache)
 
     def evict_to_host(self, req: LlmRequest) -> bool:
-        """Demote a SUSPENDED cache's GPU pages to the host tier (copy, then free on GPU).
+        """Demote every GPU page of a SUSPENDED cache to the host tier (copy, then free on GPU).
 
-        Cost: O(pages). Effect: ``num_free_gpu_pages`` grows and ``num_free_host_pages``
-        drops by the cache's page count; the page table now lists host page ids.
+        The cache may already have some pages on the host; entries are demoted from the end
+        of the page table towards the front. Cost: O(pages). Effect: ``num_free_gpu_pages``
+        grows and ``num_free_host_pages`` drops by the cache's GPU page count; those entries
+        now list host page ids (``get_page_tiers`` 1).
 
         Returns:
-            False (nothing changed) when the host tier lacks free pages.
+            False (nothing changed) when the host tier lacks that many free pages.
 
         Raises:
-            ProtocolError: no host tier, no cache, an ACTIVE cache, or one already on host.
+            ProtocolError: no host tier, no cache, an ACTIVE cache, or a cache without GPU
+                pages (empty, or already all on the host).
         """
         if not self.policy.host_tier:
             raise ProtocolError(
@@ -461,17 +611,18 @@ class ReferenceKVCacheManager:
         if cache.status != SUSPENDED:
             raise ProtocolError(
                 f"evict_to_host: request {req.request_id}'s cache is ACTIVE; suspend it first")
-        if cache.on_host:
+        n = cache.num_gpu
+        if n == 0:
             raise ProtocolError(
-                f"evict_to_host: request {req.request_id}'s cache is already on the host")
-        n = len(cache.pages)
+                f"evict_to_host: request {req.request_id}'s cache has no GPU pages"
+                f" ({len(cache.pages)} pages, all on the host); nothing to evict")
         if self._host.num_free_pages < n:
             return False
-        gpu_pages = cache.pages
-        cache.pages = self._host.allocate_n(n)
-        self._gpu.free_n(gpu_pages)
-        cache.on_host = True
-        self._num_suspended_gpu_pages -= n
+        tiers = cache.tiers
+        last = len(cache.pages) - 1
+        entries = list(range(last, -1, -1)) if tiers is None else [
+            i for i in range(last, -1, -1) if tiers[i] == GPU_TIER]
+        self._demote(req.request_id, cache, entries)
         return True
 
     def free_resources(self, req: LlmRequest) -> None:
@@ -520,13 +671,20 @@ class ReferenceKVCacheManager:
         """Whether the cache was never resumed. Raises ProtocolError when there is no cache."""
         return self._get(rid).never_resumed
 
-    def is_on_host(self, rid: int) -> bool:
-        """Whether the cache's pages are in the host tier. Raises when there is no cache."""
-        return self._get(rid).on_host
+    def get_host_pages(self, rid: int) -> int:
+        """How many of the cache's pages are on the host tier. O(1). Raises ProtocolError
+        when there is no cache."""
+        return self._get(rid).num_host
 
     def get_page_table(self, rid: int) -> tuple[int, ...]:
-        """Page ids (host ids when on host), len == ceil(capacity / tokens_per_block)."""
+        """Page ids, len == ceil(capacity / tokens_per_block); each entry's tier is in
+        :meth:`get_page_tiers`. Raises ProtocolError when there is no cache."""
         return tuple(self._get(rid).pages)
+
+    def get_page_tiers(self, rid: int) -> tuple[int, ...]:
+        """Parallel to :meth:`get_page_table`: 0 where the entry is a GPU page id, 1 where it
+        is a host page id. O(pages). Raises ProtocolError when there is no cache."""
+        return self._get(rid).page_tiers()
 
     def get_draft_record(self, rid: int) -> int | None:
         """``_allocated_draft_lens[rid]``, or None."""
@@ -551,13 +709,37 @@ class ReferenceKVCacheManager:
         """GPU pages of SUSPENDED caches when a host tier exists, else 0. O(1)."""
         return self._num_suspended_gpu_pages if self.policy.host_tier else 0
 
+    def num_available_gpu_pages(self, exclude: int | None = None) -> int:
+        """The most GPU pages one growth or recall for request ``exclude`` can get now: the
+        free pages plus min(evictable GPU pages of caches other than ``exclude``, free host
+        pages) (implicit eviction, :meth:`_make_room`). O(1); for schedulers."""
+        free = self._gpu.num_free_pages
+        if not self.policy.host_tier:
+            return free
+        others = self._num_suspended_gpu_pages
+        cache = None if exclude is None else self._caches.get(exclude)
+        if cache is not None and cache.status is SUSPENDED:
+            others -= cache.num_gpu
+        return free + min(others, self._host.num_free_pages)
+
+    def pop_demoted(self) -> tuple[int, ...]:
+        """Ids of the requests that had pages demoted to the host (implicit eviction or
+        :meth:`evict_to_host`) since the last call, in first-demotion order; forgets them.
+        O(their number); not part of the protocol state (executors report it)."""
+        out = tuple(self._demoted)
+        self._demoted.clear()
+        return out
+
     def get_page_state(self, page_id: int) -> PageState:
         """State of GPU page ``page_id`` (1..G). O(held pages); for tests and debugging."""
         if not 1 <= page_id <= self._gpu.num_pages:
             raise InvalidArgument(
                 f"get_page_state: page_id={page_id} is outside 1..{self._gpu.num_pages}")
         for cache in self._caches.values():
-            if not cache.on_host and page_id in cache.pages:
+            tiers = cache.tiers
+            held = page_id in cache.pages if tiers is None else any(
+                p == page_id and t == GPU_TIER for p, t in zip(cache.pages, tiers, strict=True))
+            if held:
                 evictable = cache.status == SUSPENDED and self.policy.host_tier
                 return PageState.EVICTABLE if evictable else PageState.HELD
         return PageState.FREE
@@ -565,7 +747,7 @@ class ReferenceKVCacheManager:
     def check_integrity(self) -> None:
         """Verify every structural invariant; see :func:`integrity.check_integrity`."""
         check_integrity(self.config, self._gpu, self._host, self._caches,
-                        self._num_suspended_gpu_pages)
+                        self._num_suspended_gpu_pages, self._suspended)
 
     def snapshot_state(self) -> StateSnapshot:
         """A deep, comparable value of the whole manager state (free lists in order)."""
@@ -575,4 +757,5 @@ class ReferenceKVCacheManager:
             tuple((rid, c.as_tuple()) for rid, c in sorted(self._caches.items())),
             tuple(sorted(self._allocated_draft_lens.items())),
             self._num_suspended_gpu_pages,
+            tuple(self._suspended),
         )

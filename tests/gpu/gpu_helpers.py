@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kvspec.config import Config
-from kvspec.errors import KVSpecError
+from kvspec.errors import InvariantViolation, KVSpecError
 from kvspec.gpu_impl import GpuRequest, Manager, token_value
 from kvspec.policy import Policy
 
@@ -65,9 +65,9 @@ def observe(impl: Impl, cfg: Config, policy: Policy) -> dict[str, Any]:
             per[rid] = (False, m.get_draft_record(rid))
             continue
         per[rid] = (True, m.get_capacity(rid), m.get_history(rid), m.get_committed(rid),
-                    int(m.get_status(rid)), bool(m.is_on_host(rid)),
+                    int(m.get_status(rid)), int(m.get_host_pages(rid)),
                     bool(m.is_never_resumed(rid)), m.get_draft_record(rid),
-                    list(m.get_page_table(rid)))
+                    tuple(m.get_page_tiers(rid)), list(m.get_page_table(rid)))
     reqs = {rid: (r.context_current_position, r.py_ctx_pre_resize_cap)
             for rid, r in impl.reqs.items()}
     out = {"per": per, "reqs": reqs, "gpu_free": _free(m.num_free_gpu_pages)}
@@ -76,21 +76,29 @@ def observe(impl: Impl, cfg: Config, policy: Policy) -> dict[str, Any]:
     return out
 
 
+def _unconsumed(obs: dict[str, Any]) -> dict[str, Any]:
+    """Observations without draft records and snapshots (what a revert may consume before
+    it raises under ``revert_clears_before_resize``)."""
+    per = {rid: (o[:7] + o[8:] if o[0] else o[:1]) for rid, o in obs["per"].items()}
+    reqs = {rid: r[0] for rid, r in obs["reqs"].items()}
+    return {**obs, "per": per, "reqs": reqs}
+
+
 def same_up_to_renaming(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Observations equal, page ids compared up to a bijection per tier."""
-    maps: dict[tuple[bool, str], dict[int, int]] = {}
+    """Observations equal (per-page tiers included), page ids compared up to a bijection per
+    tier."""
+    maps: dict[tuple[int, str], dict[int, int]] = {}
     for rid, ra in a["per"].items():
         rb = b["per"][rid]
         if ra[:-1] != rb[:-1] if ra[0] else ra != rb:
             return False
         if not ra[0]:
             continue
-        if len(ra[-1]) != len(rb[-1]):
+        if len(ra[-1]) != len(rb[-1]) or len(ra[-2]) != len(ra[-1]):
             return False
-        tier = ra[5]
-        fwd = maps.setdefault((tier, "f"), {})
-        bwd = maps.setdefault((tier, "b"), {})
-        for pa, pb in zip(ra[-1], rb[-1], strict=True):
+        for tier, pa, pb in zip(ra[-2], ra[-1], rb[-1], strict=True):
+            fwd = maps.setdefault((tier, "f"), {})
+            bwd = maps.setdefault((tier, "b"), {})
             if fwd.setdefault(pa, pb) != pb or bwd.setdefault(pb, pa) != pa:
                 return False
     return all(a[k] == b[k] for k in a if k != "per")
@@ -114,10 +122,20 @@ class Lockstep:
         """Calls ``fn`` on every impl; results (or exception types) must agree."""
         self.log.append(what)
         results = []
+        consumes = self.policy.revert_clears_before_resize and what.startswith("revert_")
         for impl in self.impls:
             before = impl.mgr.snapshot_state()
+            seen = _unconsumed(observe(impl, self.cfg, self.policy)) if consumes else None
             try:
                 results.append(("ok", fn(impl)))
+            except InvariantViolation as exc:
+                results.append(("raise", type(exc).__name__))
+                if consumes:  # the revert consumed its snapshot / record before the check
+                    assert _unconsumed(observe(impl, self.cfg, self.policy)) == seen, \
+                        f"{impl.name}: raise mutated more than the consumed record"
+                else:
+                    assert impl.mgr.snapshot_state() == before, \
+                        f"{impl.name}: raise mutated state"
             except KVSpecError as exc:
                 results.append(("raise", type(exc).__name__))
                 assert impl.mgr.snapshot_state() == before, f"{impl.name}: raise mutated state"
@@ -153,9 +171,12 @@ class Lockstep:
         """The batch op on a batch impl, the single ops in order otherwise."""
         reqs = [impl.reqs[r] for r in rids]
         if impl.batch:
-            return getattr(impl.mgr, batch)(reqs, *extra)
-        outs = [getattr(impl.mgr, single)(q, *(e[i] for e in extra)) for i, q in enumerate(reqs)]
-        return outs if outs and outs[0] is not None else None
+            outs = getattr(impl.mgr, batch)(reqs, *extra)
+        else:
+            outs = [getattr(impl.mgr, single)(q, *(e[i] for e in extra))
+                    for i, q in enumerate(reqs)]
+        # ops without a result (and the context revert without free_branch_rewinds): None
+        return None if outs is None or all(o is None for o in outs) else outs
 
     # ---- protocol steps ---------------------------------------------------------------------
 

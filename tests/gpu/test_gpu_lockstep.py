@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kvspec.config import Config
 from kvspec.policy import PRESETS, Policy
+from kvspec.reference import GPU_TIER, KVCache, LlmRequest, ReferenceKVCacheManager, RequestState
 
 POLICIES = sorted(PRESETS)
 SMALL = Config(tokens_per_block=2, num_gpu_pages=7, num_host_pages=4, num_requests=4,
@@ -41,12 +42,31 @@ def test_batch_equals_sequential(policy_name: str, device: str, seed: int) -> No
                          gpu_impl(SMALL, policy, False, device)], seed, 40, exact=True)
 
 
+class MruReference(ReferenceKVCacheManager):
+    """The CPU reference with the torch manager's victim choice (the most recently suspended
+    cache first, each from the front of its page table), so the two can run in lockstep
+    through implicit evictions: with its own choice (LRU, from the end) the reference may
+    demote other caches' pages, and later recalls then need different amounts of room."""
+
+    def _select_victims(self, n: int,
+                        exclude: KVCache) -> list[tuple[int, KVCache, list[int]]]:
+        out: list[tuple[int, KVCache, list[int]]] = []
+        for rid, cache in reversed(self._suspended.items()):
+            if n == 0:
+                break
+            if cache is exclude:
+                continue
+            tiers = cache.page_tiers()
+            entries = [i for i, t in enumerate(tiers) if t == GPU_TIER][:n]
+            if entries:
+                out.append((rid, cache, entries))
+                n -= len(entries)
+        return out
+
+
 def _reference_impl(cfg: Config, policy: Policy) -> Impl:
-    ref = pytest.importorskip("kvspec.reference.manager",
-                              reason="reference/manager.py (the CPU reference) not importable")
-    req_mod = pytest.importorskip("kvspec.reference.request")
-    return Impl("reference", ref.ReferenceKVCacheManager(cfg, policy), req_mod.LlmRequest,
-                gen_state=req_mod.RequestState.GENERATION_IN_PROGRESS)
+    return Impl("reference", MruReference(cfg, policy), LlmRequest,
+                gen_state=RequestState.GENERATION_IN_PROGRESS)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -118,13 +118,13 @@ def test_evict_and_resume_move_kv_data() -> None:
     r.context_current_position = 5
     m.update_context_resources([r])
     m.suspend_request(r)
-    assert m.evict_to_host(r) and m.is_on_host(0)
+    assert m.evict_to_host(r) and m.get_host_pages(0) == 3 and m.get_page_tiers(0) == (1, 1, 1)
     assert (m.num_free_gpu_pages, m.num_free_host_pages) == (6, 1)
     assert torch.equal(m.read_kv(0), expected_kv(0, 5, 2))
     admit(m, 1, 12)  # fill the GPU with another request
     assert not m.resume_request(r)  # pages on host, no free GPU pages
     m.free_resources(GpuRequest(1))
-    assert m.resume_request(r) and not m.is_on_host(0)
+    assert m.resume_request(r) and m.get_host_pages(0) == 0
     assert torch.equal(m.read_kv(0), expected_kv(0, 5, 2))
     m.check_integrity()
 

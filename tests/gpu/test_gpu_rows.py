@@ -86,7 +86,7 @@ class Trio:
 
     def step(self, rng: random.Random) -> None:
         kind = rng.choice(["arrive", "resize", "revert_ctx", "update_ctx", "grow", "revert_gen",
-                           "trim", "suspend", "free", "bad"])
+                           "trim", "suspend", "free", "evict", "resume", "bad"])
         live = [r for r in range(self.n) if self.obj.has_cache(r)]
         rids = rng.sample(range(self.n), rng.randint(0, self.n))
         if kind == "arrive":
@@ -146,9 +146,10 @@ class Trio:
                      lambda: self.obj.update_resources_batch(o, acc),
                      lambda: _none([self.seq.update_resources([q], [a])
                                     for q, a in zip(s, acc, strict=True)]))
-        elif kind in ("suspend", "free") and live:
-            rid = rng.choice(live)
-            op = "suspend_request" if kind == "suspend" else "free_resources"
+        elif kind in ("suspend", "free", "evict", "resume") and live:
+            rid = rng.choice(live)  # (evict and resume: partial residency under the fast paths)
+            op = {"suspend": "suspend_request", "free": "free_resources",
+                  "evict": "evict_to_host", "resume": "resume_request"}[kind]
             self.run(kind, lambda: getattr(self.row, op)(self.reqs["row"][rid]),
                      lambda: getattr(self.obj, op)(self.reqs["obj"][rid]),
                      lambda: getattr(self.seq, op)(self.reqs["seq"][rid]))

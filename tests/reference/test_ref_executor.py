@@ -34,11 +34,11 @@ def workload(ex: ReferenceExecutor, n: int, seed: int = 0, start: int = 0) -> li
 
 def pinned(mgr: ReferenceKVCacheManager, rid: int) -> int:
     """GPU pages the request pins (ACTIVE, or any GPU-resident page without a host tier)."""
-    if not mgr.has_cache(rid) or mgr.is_on_host(rid):
+    if not mgr.has_cache(rid):
         return 0
     if mgr.policy.host_tier and mgr.get_status(rid) != CacheStatus.ACTIVE:
         return 0
-    return len(mgr.get_page_table(rid))
+    return len(mgr.get_page_table(rid)) - mgr.get_host_pages(rid)
 
 
 def run_checked(ex: ReferenceExecutor, max_iters: int) -> list:

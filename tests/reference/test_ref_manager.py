@@ -258,12 +258,14 @@ def test_suspend_evict_resume_roundtrip() -> None:
     mgr.suspend_request(req)
     assert mgr.num_evictable_gpu_pages == 2
     assert mgr.evict_to_host(req)
-    assert mgr.is_on_host(0) and mgr.num_free_gpu_pages == 4 and mgr.num_free_host_pages == 2
+    assert mgr.get_host_pages(0) == 2 and mgr.get_page_tiers(0) == (1, 1)
+    assert mgr.num_free_gpu_pages == 4 and mgr.num_free_host_pages == 2
     assert mgr.num_evictable_gpu_pages == 0
-    with pytest.raises(ProtocolError, match="already on the host"):
+    with pytest.raises(ProtocolError, match="no GPU pages"):
         mgr.evict_to_host(req)
     assert mgr.resume_request(req)
-    assert not mgr.is_on_host(0) and len(mgr.get_page_table(0)) == 2
+    assert mgr.get_host_pages(0) == 0 and mgr.get_page_tiers(0) == (0, 0)
+    assert len(mgr.get_page_table(0)) == 2
     assert set(mgr.get_page_table(0)) <= set(range(1, 5)) and gpu_pages
     mgr.check_integrity()
 
@@ -331,7 +333,7 @@ def test_free_host_resident_cache_returns_host_pages() -> None:
 def test_observations_on_unknown_request_raise() -> None:
     mgr = make_manager()
     for get in (mgr.get_capacity, mgr.get_history, mgr.get_committed, mgr.get_status,
-                mgr.is_on_host, mgr.get_page_table):
+                mgr.get_host_pages, mgr.get_page_table, mgr.get_page_tiers):
         with pytest.raises(ProtocolError, match="request 9 has no KV cache"):
             get(9)
     assert mgr.get_draft_record(9) is None

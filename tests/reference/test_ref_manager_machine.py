@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from kvspec.config import Config
-from kvspec.errors import KVSpecError
+from kvspec.errors import InvariantViolation, KVSpecError
 from kvspec.policy import PRESETS
 from kvspec.reference import CacheStatus, LlmRequest, ReferenceKVCacheManager, RequestState
 
@@ -53,9 +53,29 @@ class ManagerMachine(RuleBasedStateMachine):
         before = self.full_state()
         try:
             return fn(*args)
+        except InvariantViolation:
+            assert self.full_state() == self.after_refusal(fn.__name__, args, before), \
+                f"{fn.__name__} raised but changed more than the policy allows"
+            return "raised"
         except KVSpecError:
             assert self.full_state() == before, f"{fn.__name__} raised but changed state"
             return "raised"
+
+    def after_refusal(self, name: str, args: tuple[Any, ...],
+                      before: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The state a raising revert leaves: unchanged, except that under
+        revert_clears_before_resize the revert already consumed its snapshot / record."""
+        if not self.mgr.policy.revert_clears_before_resize or name not in (
+                "revert_allocate_context", "revert_allocate_generation"):
+            return before
+        rid = args[0].request_id
+        snap, reqs = before
+        if name == "revert_allocate_generation":
+            snap = (*snap[:3], tuple(kv for kv in snap[3] if kv[0] != rid), *snap[4:])
+        else:
+            reqs = tuple(None if q is None else (q[0], q[1], None) if i == rid else q
+                         for i, q in enumerate(reqs))
+        return snap, reqs
 
     def req(self, r: int) -> LlmRequest:
         q = self.reqs[r]
@@ -69,7 +89,7 @@ class ManagerMachine(RuleBasedStateMachine):
             return (None, m.get_draft_record(rid), m.num_free_gpu_pages, m.num_free_host_pages)
         return (m.get_capacity(rid), m.get_history(rid), m.get_committed(rid),
                 m.get_page_table(rid), m.get_draft_record(rid), m.num_free_gpu_pages,
-                m.num_free_host_pages, m.is_on_host(rid))
+                m.num_free_host_pages, m.get_host_pages(rid), m.get_page_tiers(rid))
 
     # ------------------------------------------------------------------ rules
     @rule(r=slots, prompt=st.integers(1, 6), chunk=st.integers(1, 4), draft=st.integers(0, 2))
@@ -196,8 +216,11 @@ class ManagerMachine(RuleBasedStateMachine):
         if hasattr(self, "mgr"):
             self.mgr.check_integrity()
             for rid in self.mgr.request_ids():
+                tiers = self.mgr.get_page_tiers(rid)
+                assert len(tiers) == len(self.mgr.get_page_table(rid))
+                assert sum(tiers) == self.mgr.get_host_pages(rid)
                 if self.mgr.get_status(rid) == CacheStatus.ACTIVE:
-                    assert not self.mgr.is_on_host(rid)
+                    assert self.mgr.get_host_pages(rid) == 0
 
 
 ManagerMachine.TestCase.settings = settings(max_examples=scaled(250), stateful_step_count=40,
