@@ -159,7 +159,8 @@ class Lockstep:
             if evicts:
                 # The implementation chooses the victims: call it first, read its choice from
                 # the host page counts, and let the model check it (trace validation).
-                if not m.enabled(before_state, name, r, **_without_victims(args)):
+                if not m.enabled_for_some_victims(before_state, name, r,
+                                                  **_without_victims(args)):
                     raise StepRejected(f"{name}(r={r}) is not enabled in this state")
             else:
                 out = m.step(before_state, name, r, **args)
@@ -234,9 +235,12 @@ class Lockstep:
         if not m.action(name).demand:
             return m.step(s, name, r, **args), args, None
         fixed = _without_victims(args)
-        if chosen is not None and m.enabled(s, name, r, **fixed, demote=chosen):
+        if chosen is not None:
             full = {**fixed, "demote": chosen}
-            return m.step(s, name, r, **full), full, None
+            try:
+                return m.step(s, name, r, **full), full, None
+            except InvalidArgument:
+                pass  # not admissible: reported below
         options = [a for a in m.arguments(s, m.action(name), r)
                    if _without_victims(a) == fixed and m.enabled(s, name, r, **a)]
         full = args if "demote" in args and m.enabled(s, name, r, **args) else options[0]

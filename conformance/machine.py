@@ -67,8 +67,8 @@ def make_machine(factory: Factory, config: Config, policy: Policy, *,
         if name not in self._cache:
             a = model.action(name)
             slots = range(config.num_requests) if a.per_request else range(1)
-            self._cache[name] = [(r, args) for r in slots for args in model.arguments(s, a, r)
-                                 if a.guard(model.ctx, s, r, **args)]
+            self._cache[name] = [(r, args) for r in slots
+                                 for args in model.enabled_args(s, a, r)]
         return self._cache[name]
 
     def make_rule(name: str) -> Any:

@@ -2,8 +2,10 @@
 
 Each step samples, per (action, slot), one argument tuple (every tuple when the domain is
 small), keeps those whose guard holds, picks an action uniformly among the enabled ones and
-then one of its (slot, args). Cost: ~25 guard calls (~0.4 us each) per step plus the lockstep
-step; far cheaper than enumerating every argument tuple.
+then one of its (slot, args). An action that evicts is drawn without ``demote``: its victims
+are the implementation's choice, which the lockstep reads and checks. Cost: ~25 guard calls
+(~0.4 us each) per step plus the lockstep step; far cheaper than enumerating every argument
+tuple.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class Sampler:
             self.plans.append(_Plan(a, a.slots(k), combos, names, domains))
 
     def draw(self, s: State) -> tuple[str, int, dict[str, Any]] | None:
-        """An enabled step of ``s`` or None when the model is stuck (never in practice)."""
+        """An enabled step of ``s`` (an evicting one without its victims) or None when the
+        model is stuck (never in practice)."""
         ctx, rng = self.model.ctx, self.rng
         groups: list[list[tuple[str, int, dict[str, Any]]]] = []
         for p in self.plans:
@@ -54,9 +57,10 @@ class Sampler:
             found: list[tuple[str, int, dict[str, Any]]] = []
             for r in p.slots:
                 if p.action.demand is not None:
-                    for args in self.model.arguments(s, p.action, r):
-                        if guard(ctx, s, r, **args):
-                            found.append((name, r, args))
+                    # the victims are the implementation's choice: the lockstep reads them
+                    pre = p.action.precondition
+                    assert pre is not None and p.combos is not None
+                    found.extend((name, r, args) for args in p.combos if pre(ctx, s, r, **args))
                 elif p.combos is not None:
                     for args in p.combos:
                         if guard(ctx, s, r, **args):

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .eviction import demote as demote_pages
-from .eviction import room, victim_caps, victims_fit
+from .eviction import room, victim_caps
 from .ops import Term
-from .registry import Action, ActionRegistry, Ctx, Demand, Guard, Outcome, Param
+from .registry import Action, ActionRegistry, Ctx, Outcome, Param
 from .state import (
     ACTIVE,
     CONTEXT,
@@ -106,16 +106,6 @@ def resume(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> tuple[Term, Stat
     return ok, merge(o, ok, resumed, s)
 
 
-def evicting(guard: Guard, demand: Demand) -> Guard:
-    """``guard`` plus the admissibility of the ``demote`` victims: they fit ``demand``."""
-
-    def checked(c: Ctx, s: State, r: int, demote: Sequence[Term], **args: Term) -> Term:
-        return c.o.and_(guard(c, s, r, **args), victims_fit(c, s, r, demote, demand(c, s, r)))
-
-    checked.__name__ = getattr(guard, "__name__", "guard")
-    return checked
-
-
 DEMOTE = Param("demote", kind="slots")
 """The victims of implicit eviction: GPU pages demoted to the host, per slot (+ the rest)."""
 
@@ -197,7 +187,7 @@ def _prepare_demand(c: Ctx, s: State, r: int) -> Term:
     return c.o.ite(s0.reqs[r].status == SUSPENDED, resume_demand(c, s0, r), 0)
 
 
-@ACTIONS.action(guard=evicting(_g_prepare_context, _prepare_demand), params=(DEMOTE,),
+@ACTIONS.action(guard=_g_prepare_context, params=(DEMOTE,),
                 demand=_prepare_demand, returns=True, atomic_on_false=True)
 def prepare_context(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
     """Models TRT ``prepare_context``: create the cache on a first chunk, resume if suspended
@@ -230,7 +220,7 @@ def _resize_demand(c: Ctx, s: State, r: int) -> Term:
     return c.o.ite(fits, shortfall, 0)
 
 
-@ACTIONS.action(guard=evicting(_g_resize_context, _resize_demand), params=(DEMOTE,),
+@ACTIONS.action(guard=_g_resize_context, params=(DEMOTE,),
                 demand=_resize_demand, returns=True, atomic_on_false=True)
 def resize_context(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
     """Models TRT ``resize_context``: grow to max(cap, target); snapshot on growth only.
@@ -283,7 +273,7 @@ def _generation_demand(c: Ctx, s: State, r: int) -> Term:
     return _generation_plan(c, s, r)[4]
 
 
-@ACTIONS.action(guard=evicting(_g_try_allocate_generation, _generation_demand),
+@ACTIONS.action(guard=_g_try_allocate_generation,
                 params=(DEMOTE,), demand=_generation_demand, returns=True,
                 atomic_on_false=True)
 def try_allocate_generation(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
@@ -333,7 +323,7 @@ def _g_resume_request(c: Ctx, s: State, r: int) -> Term:
                   o.not_(q.gen_tried))
 
 
-@ACTIONS.action(guard=evicting(_g_resume_request, resume_demand), params=(DEMOTE,),
+@ACTIONS.action(guard=_g_resume_request, params=(DEMOTE,),
                 demand=resume_demand, returns=True, atomic_on_false=True)
 def resume_request(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
     """Models TRT ``resume_request`` on a suspended cache outside prepare/try_allocate (a
@@ -419,6 +409,8 @@ def others_evict(c: Ctx, s: State, r: int, pages: Term) -> Outcome:
 
 def _g_decide(c: Ctx, s: State, r: int, wait: Term, can_queue: Term) -> Term:
     o, k = c.o, c.config
+    if (s.stage == SCHEDULE) is False:  # concrete reading: skip the O(slots) part
+        return False
     if k.attention_dp:
         may_wait: Term = True
     elif k.batch_waiting_enabled:
@@ -447,7 +439,8 @@ def decide(c: Ctx, s: State, r: int, wait: Term, can_queue: Term) -> Outcome:
 
 
 def _g_revert_allocate_context(c: Ctx, s: State, r: int) -> Term:
-    return c.o.and_(s.stage == SETTLE, ctx_revert_due(c, s, s.reqs[r]))
+    settle = s.stage == SETTLE
+    return False if settle is False else c.o.and_(settle, ctx_revert_due(c, s, s.reqs[r]))
 
 
 REVERT_ATOMIC_FIELDS = ("capacity", "history", "committed", "pos", "snapshot", "draft_record",
@@ -508,7 +501,8 @@ def revert_allocate_context(c: Ctx, s: State, r: int) -> Outcome:
 
 
 def _g_revert_allocate_generation(c: Ctx, s: State, r: int) -> Term:
-    return c.o.and_(s.stage == SETTLE, gen_revert_due(c, s, s.reqs[r]))
+    settle = s.stage == SETTLE
+    return False if settle is False else c.o.and_(settle, gen_revert_due(c, s, s.reqs[r]))
 
 
 @ACTIONS.action(guard=_g_revert_allocate_generation)
@@ -540,11 +534,13 @@ def revert_allocate_generation(c: Ctx, s: State, r: int) -> Outcome:
 
 def _g_forward(c: Ctx, s: State, r: int, accepted: Term) -> Term:
     o, q = c.o, s.reqs[r]
-    return o.and_(
-        s.stage == SETTLE, s.can_queue, o.not_(reverts_pending(c, s)), in_final_batch(c, q),
-        o.not_(q.ran), accepted >= 0,
+    local = o.and_(
+        s.stage == SETTLE, s.can_queue, in_final_batch(c, q), o.not_(q.ran), accepted >= 0,
         o.implies(q.phase == GENERATION, accepted <= q.draft_len),
         o.implies(q.phase != GENERATION, accepted == 0))
+    if local is False:  # concrete reading: skip the O(slots) part
+        return False
+    return o.and_(local, o.not_(reverts_pending(c, s)))
 
 
 @ACTIONS.action(guard=_g_forward, params=(
@@ -576,6 +572,8 @@ def forward(c: Ctx, s: State, r: int, accepted: Term) -> Outcome:
 
 def _g_end_iteration(c: Ctx, s: State, r: int) -> Term:
     o = c.o
+    if (s.stage == SETTLE) is False:  # concrete reading: skip the O(slots) part
+        return False
     unforwarded = o.or_(*[o.and_(in_final_batch(c, q), o.not_(q.ran)) for q in s.reqs])
     return o.and_(s.stage == SETTLE, o.not_(reverts_pending(c, s)),
                   o.not_(o.and_(s.can_queue, unforwarded)))

@@ -19,10 +19,13 @@ proof covers every victim choice; generators enumerate the admissible vectors
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .ops import Term
-from .registry import Ctx
 from .state import State, evictable_pages, with_req
+
+if TYPE_CHECKING:
+    from .registry import Ctx
 
 
 def victim_slots(c: Ctx, s: State) -> int:

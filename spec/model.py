@@ -58,6 +58,7 @@ class Model:
         self._by_name = {a.name: a for a in self.actions}
         self._arg_tuples = {a.name: a.argument_tuples(config) for a in self.actions}
         self._victim_slots = victim_slots(self.ctx, self.initial())
+        self._zeros = (0,) * self._victim_slots
 
     def initial(self) -> State:
         """The initial state: every slot empty, every page free."""
@@ -109,15 +110,44 @@ class Model:
 
     def arguments(self, s: State, a: Action, r: int) -> list[dict[str, Any]]:
         """The argument assignments generators try for ``a`` on slot ``r`` in ``s``: the
-        fixed tuples, and for an action that evicts, every admissible ``demote`` vector
-        (:func:`~kvspec.spec.eviction.victim_choices`). Cost: O(1) for actions that do not
-        evict, one demand evaluation plus O(choices) for those that do."""
+        fixed tuples (guards not checked), and for an action that evicts, every admissible
+        ``demote`` vector when its precondition holds, else none (so every assignment
+        returned for an evicting action is enabled). Cost: O(1) for actions that do not
+        evict; for those that do, a precondition, one demand evaluation and O(choices)."""
         fixed = self._arg_tuples[a.name]
         if a.demand is None:
             return fixed
-        caps = [int(x) for x in victim_caps(self.ctx, s, r)]
-        total = int(a.demand(self.ctx, s, r))
+        pre, c = a.precondition, self.ctx
+        assert pre is not None
+        fixed = [args for args in fixed if pre(c, s, r, **args)]
+        if not fixed:
+            return []
+        total = int(a.demand(c, s, r))
+        if total == 0:
+            return [{**args, "demote": self._zeros} for args in fixed]
+        caps = [int(x) for x in victim_caps(c, s, r)]
         return [{**args, "demote": v} for v in victim_choices(caps, total) for args in fixed]
+
+    def enabled_for_some_victims(self, s: State, name: str, r: int = 0, **args: Any) -> bool:
+        """Whether ``name`` is enabled in ``s`` for ``args`` (without ``demote``) and some
+        admissible victims: for an evicting action its precondition alone (admissible
+        victims always exist then), so no demand is computed. Cost: one guard."""
+        a = self.action(name)
+        if a.demand is None:
+            return self.enabled(s, name, r, **args)
+        if a.per_request and not (0 <= r < self.config.num_requests):
+            raise InvalidArgument(
+                f"{a.name}: request slot r={r} outside 0..{self.config.num_requests - 1}")
+        assert a.precondition is not None
+        return bool(a.precondition(self.ctx, s, r, **args))
+
+    def enabled_args(self, s: State, a: Action, r: int) -> list[dict[str, Any]]:
+        """Every enabled argument assignment of ``a`` on slot ``r`` in ``s`` (the fixed
+        tuples filtered by the guard; an evicting action's admissible victims)."""
+        if a.demand is not None:
+            return self.arguments(s, a, r)
+        guard, c = a.guard, self.ctx
+        return [args for args in self._arg_tuples[a.name] if guard(c, s, r, **args)]
 
     def enabled(self, s: State, name: str, r: int = 0, **args: Any) -> bool:
         """Whether the guard of ``name`` holds in ``s`` for slot ``r`` and ``args``."""
@@ -152,6 +182,5 @@ class Model:
         and action-index paths rely on)."""
         for a in self.actions:
             for r in a.slots(self.config):
-                for args in self.arguments(s, a, r):
-                    if a.guard(self.ctx, s, r, **args):
-                        yield a.name, r, args
+                for args in self.enabled_args(s, a, r):
+                    yield a.name, r, args

@@ -15,6 +15,7 @@ from kvspec.config import Config
 from kvspec.errors import InvalidArgument, InvalidDefinition
 from kvspec.policy import Policy
 
+from .eviction import victims_fit
 from .ops import Ops, Term
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ class Action:
 
     ``per_request`` actions take the request slot ``r`` first. ``atomic_on_false`` marks actions
     whose False return means failure, so INV-ATOMIC applies to them. ``demand`` is set on
-    actions that may evict implicitly: their ``demote`` parameter must sum to it.
+    actions that may evict implicitly: their ``demote`` parameter must fit it; their
+    ``guard`` is then ``precondition`` (the declared guard) plus that fit.
     """
 
     name: str
@@ -88,6 +90,7 @@ class Action:
     atomic_on_false: bool
     doc: str
     demand: Demand | None = None
+    precondition: Guard | None = None  # the guard without the victims (evicting actions)
 
     def argument_tuples(self, config: Config) -> list[dict[str, Any]]:
         """Every assignment of the parameters with finite domains (``slots`` parameters
@@ -105,6 +108,21 @@ class Action:
         return range(config.num_requests) if self.per_request else range(1)
 
 
+def _evicting(precondition: Guard, demand: Demand) -> Guard:
+    """The guard of an action that evicts: ``precondition`` and victims that fit ``demand``
+    (:func:`~kvspec.spec.eviction.victims_fit`); concretely the victims are not looked at
+    when the precondition is false."""
+
+    def guard(c: Ctx, s: State, r: int, demote: Any, **args: Any) -> Term:
+        pre = precondition(c, s, r, **args)
+        if pre is False:
+            return False
+        return c.o.and_(pre, victims_fit(c, s, r, demote, demand(c, s, r)))
+
+    guard.__name__ = getattr(precondition, "__name__", "guard")
+    return guard
+
+
 class ActionRegistry:
     """Collects :class:`Action` descriptors in declaration order (the order is part of traces)."""
 
@@ -114,7 +132,8 @@ class ActionRegistry:
     def action(self, *, guard: Guard, params: tuple[Param, ...] = (), per_request: bool = True,
                returns: bool = False, atomic_on_false: bool = False,
                demand: Demand | None = None) -> Callable[[Effect], Effect]:
-        """Register the decorated effect under its function name with ``guard``."""
+        """Register the decorated effect under its function name with ``guard`` (and, for
+        an action that evicts, ``demand``: the guard then also admits the victims)."""
 
         def record(effect: Effect) -> Effect:
             name = effect.__name__
@@ -133,9 +152,11 @@ class ActionRegistry:
                     f"action {name!r}: parameter names {[p.name for p in params]} must be unique "
                     "and must not be 'r' (the request slot)")
             self._actions[name] = Action(
-                name=name, params=params, per_request=per_request, guard=guard, effect=effect,
+                name=name, params=params, per_request=per_request,
+                guard=guard if demand is None else _evicting(guard, demand), effect=effect,
                 returns=returns, atomic_on_false=atomic_on_false,
-                doc=(effect.__doc__ or "").strip(), demand=demand)
+                doc=(effect.__doc__ or "").strip(), demand=demand,
+                precondition=None if demand is None else guard)
             return effect
 
         return record

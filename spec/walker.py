@@ -133,7 +133,8 @@ WITNESS_SATURATION = 50
 def _picker(m: Model, rng: random.Random
             ) -> Callable[[State], tuple[str, int, dict[str, Any]] | None]:
     """Uniform over actions in a random order; for each, one random slot and argument tuple
-    against its guard; the first enabled wins. A second pass tries every slot and argument
+    against its guard (an evicting action's candidates are enabled already); the first
+    enabled wins. A second pass tries every slot and argument
     tuple, so a state with any enabled step always yields one."""
     acts = list(m.actions)
     n = m.config.num_requests
@@ -153,13 +154,13 @@ def _picker(m: Model, rng: random.Random
             if not options:
                 continue
             args = options[int(rand() * len(options))]
-            if a.guard(m.ctx, s, r, **args):
+            if a.demand is not None or a.guard(m.ctx, s, r, **args):
                 return a.name, r, args
         for i in order:  # second pass: no weights, every slot, every argument tuple
             a = acts[i]
             for r in a.slots(m.config):
                 for args in arguments(s, a, r):
-                    if a.guard(m.ctx, s, r, **args):
+                    if a.demand is not None or a.guard(m.ctx, s, r, **args):
                         return a.name, r, args
         return None
 
