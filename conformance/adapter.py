@@ -132,7 +132,9 @@ def make_manager(factory: Factory, config: Config, policy: Policy) -> Any:
         raise InvalidArgument(
             f"factory {_name(factory)} returned {type(manager).__name__}, which lacks"
             f" {', '.join(missing)}; implement the kvspec.conformance.adapter.KVManager"
-            " protocol (see docs/conformance.md) or wrap your manager in an adapter")
+            " protocol (see docs/conformance.md) or wrap your manager in an adapter"
+            + ("; get_host_pages(rid) (pages on the host tier) replaces is_on_host(rid)"
+               if "get_host_pages" in missing else ""))
     return manager
 
 

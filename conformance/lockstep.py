@@ -96,6 +96,10 @@ class Lockstep:
         check_structure: run :func:`structure` after every step (else only at the end).
         probe_misuse: see :class:`~kvspec.conformance.driver.Driver`.
         impl_name: used in reports.
+        follow_victims: for an action that evicts, step the model with the victims the
+            implementation chose when the model admits them (checks and explore); False
+            (trace replay): the step's recorded ``demote`` must be what the implementation
+            chose, else a ``victims`` difference.
         strict: a tolerated misuse (a probe :mod:`~kvspec.conformance.misuse` reports as a
             warning) is a divergence; without it the first warning of each kind is kept in
             ``warnings`` and the run goes on. A misuse that changed the state is a divergence
@@ -107,7 +111,8 @@ class Lockstep:
 
     def __init__(self, factory: Factory, config: Config, policy: Policy, *,
                  check_structure: bool = True, probe_misuse: bool = True,
-                 impl_name: str = "", model: Model | None = None, strict: bool = False) -> None:
+                 impl_name: str = "", model: Model | None = None, strict: bool = False,
+                 follow_victims: bool = True) -> None:
         self.config, self.policy, self.impl_name = config, policy, impl_name
         self.model = model if model is not None else Model(config, policy)
         self.state = self.model.initial()
@@ -126,6 +131,7 @@ class Lockstep:
         self.last_model_violations: frozenset[str] = frozenset()
         self.last_impl_violations: frozenset[str] = frozenset()
         self.strict = strict
+        self.follow_victims = follow_victims
         self.warnings: list[MisuseFinding] = []
         """The first tolerated misuse of each kind, stamped with its step, in order found."""
 
@@ -159,8 +165,8 @@ class Lockstep:
             if evicts:
                 # The implementation chooses the victims: call it first, read its choice from
                 # the host page counts, and let the model check it (trace validation).
-                if not m.enabled_for_some_victims(before_state, name, r,
-                                                  **_without_victims(args)):
+                m.check_args(before_state, name, r, args, fill=False)
+                if not m.enabled(before_state, name, r, **_without_victims(args)):
                     raise StepRejected(f"{name}(r={r}) is not enabled in this state")
             else:
                 out = m.step(before_state, name, r, **args)
@@ -175,12 +181,17 @@ class Lockstep:
             after = abstract(d)
         except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
             if evicts:
-                out = self._model_step_with_victims(before_state, name, r, args, None)[0]
+                out, args, _ = self._model_step_with_victims(before_state, name, r, args, None)
             self._advance(out, name, r, args)
             return self._crash(name, r, args, exc, before_state)
         if evicts:
+            chosen = _victims_chosen(before, after, r)
+            if outcome.raised is not None or (not outcome.result and not any(chosen)):
+                chosen_or_none = None  # a refusal chose nothing: the result tells
+            else:
+                chosen_or_none = chosen
             out, args, victim_diff = self._model_step_with_victims(
-                before_state, name, r, args, _victims_chosen(before, after, r))
+                before_state, name, r, args, chosen_or_none)
             if victim_diff is not None:
                 diffs.append(victim_diff)
         new_state, model_new, expected_result = self._advance(out, name, r, args)
@@ -228,25 +239,30 @@ class Lockstep:
     def _model_step_with_victims(self, s: State, name: str, r: int, args: dict[str, Any],
                                  chosen: tuple[int, ...] | None
                                  ) -> tuple[Outcome, dict[str, Any], FieldDiff | None]:
-        """The model's step for an action that evicts, with the victims the implementation
-        chose when the model admits them; otherwise with the given victims (or the first
-        admissible vector) and a ``victims`` difference naming both."""
+        """The model's step for an action that evicts. With ``follow_victims``: the victims
+        the implementation ``chosen`` when the model admits them. Otherwise (or when they
+        are not admissible, or nothing was chosen): the given victims when admissible, else
+        the first admissible vector; a ``victims`` difference names what was read."""
         m = self.model
-        if not m.action(name).demand:
-            return m.step(s, name, r, **args), args, None
+        a = m.action(name)
         fixed = _without_victims(args)
-        if chosen is not None:
-            full = {**fixed, "demote": chosen}
-            try:
-                return m.step(s, name, r, **full), full, None
-            except InvalidArgument:
-                pass  # not admissible: reported below
-        options = [a for a in m.arguments(s, m.action(name), r)
-                   if _without_victims(a) == fixed and m.enabled(s, name, r, **a)]
-        full = args if "demote" in args and m.enabled(s, name, r, **args) else options[0]
-        diff = None if chosen is None else FieldDiff(
-            "victims", "demote one of " + ", ".join(str(list(a["demote"])) for a in options[:4])
-            + (" ..." if len(options) > 4 else ""), f"demote {list(chosen)} (from host pages)")
+        given = args.get("demote")
+        options = m.victim_options(s, a, r, fixed)
+        diff = None
+        if chosen is not None and chosen in options and (self.follow_victims or given is None):
+            use = chosen
+        else:
+            use = given if isinstance(given, tuple) and given in options else options[0]
+            if chosen is not None and chosen not in options:
+                diff = FieldDiff(
+                    "victims", "demote one of " + ", ".join(str(list(v)) for v in options[:4])
+                    + (" ..." if len(options) > 4 else ""),
+                    f"demote {list(chosen)} (read from host pages)")
+            elif chosen is not None and chosen != use:
+                diff = FieldDiff("victims", f"demote {list(use)} (the trace's choice)",
+                                 f"demote {list(chosen)} (read from host pages; both"
+                                 " admissible, but the trace's later steps assume its own)")
+        full = {**fixed, "demote": use}
         return m.step(s, name, r, **full), full, diff
 
     def _advance(self, out: Outcome, name: str, r: int, args: dict[str, Any]

@@ -67,8 +67,13 @@ def make_machine(factory: Factory, config: Config, policy: Policy, *,
         if name not in self._cache:
             a = model.action(name)
             slots = range(config.num_requests) if a.per_request else range(1)
-            self._cache[name] = [(r, args) for r in slots
-                                 for args in model.enabled_args(s, a, r)]
+            if a.demand is None:
+                self._cache[name] = [(r, args) for r in slots
+                                     for args in model.enabled_args(s, a, r)]
+            else:  # the victims are the implementation's choice: the lockstep reads them
+                self._cache[name] = [(r, args) for r in slots
+                                     for args in a.argument_tuples(config)
+                                     if model.enabled(s, name, r, **args)]
         return self._cache[name]
 
     def make_rule(name: str) -> Any:

@@ -100,7 +100,8 @@ def replay_on_impl(trace: Trace, factory: str | Factory, *, impl_name: str = "",
     fac = resolve_factory(factory)
     name = impl_name or (factory if isinstance(factory, str) else
                          getattr(factory, "__qualname__", "impl"))
-    ls = Lockstep(fac, trace.config, trace.policy, impl_name=str(name), strict=strict)
+    ls = Lockstep(fac, trace.config, trace.policy, impl_name=str(name), strict=strict,
+                  follow_victims=False)
     model_v: list[frozenset[str]] = []
     impl_v: list[frozenset[str]] = []
     div = ls.initial_divergence()

@@ -74,39 +74,65 @@ class Model:
             raise InvalidArgument(
                 f"unknown action {name!r}; known: {', '.join(self._by_name)}") from None
 
-    def _check_args(self, s: State, a: Action, r: int, args: Mapping[str, Any]
-                    ) -> dict[str, Any]:
-        """``args`` checked, with an omitted ``demote`` filled in when the state admits
-        exactly one victim vector (no eviction needed: all zeros)."""
-        names = {p.name for p in a.params}
+    def check_args(self, s: State, name: str, r: int, args: Mapping[str, Any], *,
+                   fill: bool = True) -> dict[str, Any]:
+        """``args`` of ``name`` on slot ``r`` checked: the slot in range, exactly the
+        action's parameters, a ``demote`` of the right shape. An evicting action may omit
+        ``demote``; with ``fill`` it is filled in when the state admits exactly one victim
+        vector (no eviction needed: all zeros), else this names the choices.
+
+        Raises:
+            InvalidArgument: naming the action, the value and what is expected.
+        """
+        a = self.action(name)
         if a.per_request and not (0 <= r < self.config.num_requests):
             raise InvalidArgument(
                 f"{a.name}: request slot r={r} outside 0..{self.config.num_requests - 1}")
         out = dict(args)
-        if a.demand is not None and "demote" not in out:
-            choices = victim_choices([int(x) for x in victim_caps(self.ctx, s, r)],
-                                     int(a.demand(self.ctx, s, r)))
+        names = {p.name for p in a.params}
+        given = set(out) | ({"demote"} if a.demand is not None else set())
+        if given != names:
+            raise InvalidArgument(
+                f"{a.name}: parameters {sorted(out)} given, {sorted(names)} expected")
+        if "demote" in out:
+            out["demote"] = self._victims_shape(a, out["demote"])
+        elif a.demand is not None and fill:
+            choices = self.victim_options(s, a, r, out)
+            if not choices:
+                raise InvalidArgument(
+                    f"{a.name}(r={r}) is not enabled in this state (stage {s.stage})")
             if len(choices) != 1:
                 raise InvalidArgument(
                     f"{a.name}(r={r}): this step evicts implicitly and the victims are a"
                     f" choice; give demote=, one of {choices[:4]}"
                     f"{' ...' if len(choices) > 4 else ''}")
             out["demote"] = choices[0]
-        if set(out) != names:
-            raise InvalidArgument(
-                f"{a.name}: parameters {sorted(out)} given, {sorted(names)} expected")
-        for p in a.params:
-            if p.kind != "slots":
-                continue
-            v, n = out[p.name], self._victim_slots
-            if isinstance(v, list):
-                v = out[p.name] = tuple(v)
-            if (not isinstance(v, tuple) or len(v) != n
-                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
-                raise InvalidArgument(
-                    f"{a.name}: {p.name}={v!r} must be a tuple of {n} page counts, one per"
-                    " request slot" + (" and one for the rest" if self.ctx.abstract_rest else ""))
         return out
+
+    def _victims_shape(self, a: Action, v: Any) -> tuple[int, ...]:
+        n = self._victim_slots
+        if isinstance(v, list):
+            v = tuple(v)
+        if (not isinstance(v, tuple) or len(v) != n
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
+            raise InvalidArgument(
+                f"{a.name}: demote={v!r} must be a tuple of {n} page counts, one per request"
+                " slot" + (" and one for the requests outside the model (abstract trace)"
+                           if self.ctx.abstract_rest else ""))
+        return v
+
+    def victim_options(self, s: State, a: Action, r: int,
+                       fixed: Mapping[str, Any] | None = None) -> list[tuple[int, ...]]:
+        """The admissible ``demote`` vectors of evicting action ``a`` on slot ``r`` with the
+        other arguments ``fixed`` (none when its precondition is false, or it does not
+        evict). Cost: a precondition, one demand, O(choices)."""
+        pre, c = a.precondition, self.ctx
+        if a.demand is None or pre is None or not pre(c, s, r, **(fixed or {})):
+            return []
+        total = int(a.demand(c, s, r))
+        if total == 0:
+            return [self._zeros]
+        return victim_choices([int(x) for x in victim_caps(c, s, r)], total)
 
     def arguments(self, s: State, a: Action, r: int) -> list[dict[str, Any]]:
         """The argument assignments generators try for ``a`` on slot ``r`` in ``s``: the
@@ -117,29 +143,8 @@ class Model:
         fixed = self._arg_tuples[a.name]
         if a.demand is None:
             return fixed
-        pre, c = a.precondition, self.ctx
-        assert pre is not None
-        fixed = [args for args in fixed if pre(c, s, r, **args)]
-        if not fixed:
-            return []
-        total = int(a.demand(c, s, r))
-        if total == 0:
-            return [{**args, "demote": self._zeros} for args in fixed]
-        caps = [int(x) for x in victim_caps(c, s, r)]
-        return [{**args, "demote": v} for v in victim_choices(caps, total) for args in fixed]
-
-    def enabled_for_some_victims(self, s: State, name: str, r: int = 0, **args: Any) -> bool:
-        """Whether ``name`` is enabled in ``s`` for ``args`` (without ``demote``) and some
-        admissible victims: for an evicting action its precondition alone (admissible
-        victims always exist then), so no demand is computed. Cost: one guard."""
-        a = self.action(name)
-        if a.demand is None:
-            return self.enabled(s, name, r, **args)
-        if a.per_request and not (0 <= r < self.config.num_requests):
-            raise InvalidArgument(
-                f"{a.name}: request slot r={r} outside 0..{self.config.num_requests - 1}")
-        assert a.precondition is not None
-        return bool(a.precondition(self.ctx, s, r, **args))
+        return [{**args, "demote": v} for args in fixed
+                for v in self.victim_options(s, a, r, args)]
 
     def enabled_args(self, s: State, a: Action, r: int) -> list[dict[str, Any]]:
         """Every enabled argument assignment of ``a`` on slot ``r`` in ``s`` (the fixed
@@ -150,23 +155,32 @@ class Model:
         return [args for args in self._arg_tuples[a.name] if guard(c, s, r, **args)]
 
     def enabled(self, s: State, name: str, r: int = 0, **args: Any) -> bool:
-        """Whether the guard of ``name`` holds in ``s`` for slot ``r`` and ``args``."""
+        """Whether ``name`` is enabled in ``s`` for slot ``r`` and ``args``; for an evicting
+        action given without ``demote``: whether it is for some admissible victims (its
+        precondition; no demand is computed). Raises :class:`InvalidArgument` for a bad
+        slot, parameter names or ``demote`` shape."""
         a = self.action(name)
-        try:
-            full = self._check_args(s, a, r, args)
-        except InvalidArgument:
-            if a.demand is None or "demote" in args:
-                raise
-            return any(a.guard(self.ctx, s, r, **x) for x in self.arguments(s, a, r)
-                       if all(x[k] == v for k, v in args.items()))
+        full = self.check_args(s, name, r, args, fill=False)
+        if a.demand is not None and "demote" not in full:
+            assert a.precondition is not None
+            return bool(a.precondition(self.ctx, s, r, **full))
         return bool(a.guard(self.ctx, s, r, **full))
 
     def step(self, s: State, name: str, r: int = 0, **args: Any) -> Outcome:
         """Apply ``name`` to ``s``. A disabled action raises :class:`InvalidArgument`; an
-        action that evicts may omit ``demote`` when only one victim vector is admissible."""
+        action that evicts may omit ``demote`` when only one victim vector is admissible,
+        and inadmissible victims are named with the admissible ones."""
         a = self.action(name)
-        full = self._check_args(s, a, r, args)
+        full = self.check_args(s, name, r, args)
         if not a.guard(self.ctx, s, r, **full):
+            fixed = {k: v for k, v in full.items() if k != "demote"}
+            options = self.victim_options(s, a, r, fixed)
+            if options:
+                raise InvalidArgument(
+                    f"{a.name}(r={r}): demote={full['demote']} is not an admissible victim"
+                    f" choice: {sum(options[0])} page(s) must be demoted, at most"
+                    f" {[int(x) for x in victim_caps(self.ctx, s, r)]} per slot; admissible:"
+                    f" {options[:4]}{' ...' if len(options) > 4 else ''}")
             raise InvalidArgument(
                 f"{a.name}(r={r}, {full}) is not enabled in this state (stage {s.stage})")
         return transition(self.ctx, a, s, r, full)

@@ -354,12 +354,17 @@ def transition_relation(c: Ctx, actions: Sequence[Action], s: State, t: State, t
 class RelationTemplate:
     """One transition relation built once and instantiated per pair of frames by z3's
     ``substitute`` (C-side, far cheaper than building the terms again in Python): BMC and
-    k-induction unroll the same relation many times."""
+    k-induction unroll the same relation many times. With the uninterpreted ``blocks`` the
+    template's ``blocks`` arguments are substituted too and noted with the ops, so that
+    ``block_axioms`` covers every instance as it covered terms built directly."""
 
     def __init__(self, c: Ctx, actions: Sequence[Action], n: int, bound: int | None = None
                  ) -> None:
         self.s, self.t = sym_state("tpl.s", n), sym_state("tpl.t", n)
+        self.ops = c.o if isinstance(c.o, Z3Ops) else None
+        mark = self.ops.blocks_mark() if self.ops is not None else 0
         self.relation, self.vars = transition_relation(c, actions, self.s, self.t, "tpl", bound)
+        self.block_args = self.ops.blocks_since(mark) if self.ops is not None else []
 
     def instance(self, s: State, t: State, tag: str) -> tuple[z3.BoolRef, StepVars]:
         """T(s, t) with fresh step variables named after ``tag``."""
@@ -376,6 +381,8 @@ class RelationTemplate:
                 fresh = z3.Const(str(v).replace("tpl.", f"{tag}.", 1), v.sort())
                 pairs.append((v, fresh))
             params[key] = fresh
+        if self.ops is not None and self.block_args:  # the blocks axioms must cover them
+            self.ops.note_blocks([z3.substitute(x, *pairs) for x in self.block_args])
         return z3.substitute(self.relation, *pairs), StepVars(act, slot, params)
 
 

@@ -111,7 +111,8 @@ class Trace:
         integers as integers, fractions as ``"3/4"`` strings or numbers), optional ``violated``
         (known property ids), ``source`` (text) and ``abstract_rest`` (boolean)) and every step
         (an object with a known ``action``, ``r`` an integer slot below ``num_requests``,
-        ``args`` exactly the action's parameters with their types, ``result`` true / false /
+        ``args`` the action's parameters with their types (``demote`` may be left out: the
+        replay fills it in when only one victim vector fits), ``result`` true / false /
         null, ``digest`` a string, ``i`` when present its 0-based position). Blank lines are
         skipped. Whether the steps replay, and match their results and digests, is
         :func:`verify_trace`'s business.
@@ -848,7 +849,7 @@ def _step(d: Any, at: str, index: int, actions: dict[str, Action], config: Confi
                               f"{', '.join(actions)}")
     a = actions[name]
     r = _slot(d, at, a, config)
-    args = _args(d.get("args", {}), at, a)
+    args = _args(d.get("args", {}), at, a, config.num_requests + (1 if abstract else 0))
     result = d.get("result")
     if result is not None and not isinstance(result, bool):
         raise InvalidArgument(f"{at}: result={_v(result)} is a JSON {_json_type(result)}; "
@@ -877,7 +878,7 @@ def _slot(d: dict[str, Any], at: str, a: Action, config: Config) -> int:
     return r
 
 
-def _args(v: Any, at: str, a: Action) -> dict[str, Any]:
+def _args(v: Any, at: str, a: Action, victim_slots: int) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise InvalidArgument(f"{at}: {a.name} args={_v(v)} is a JSON {_json_type(v)}; expected"
                               f" an object with {', '.join(p.name for p in a.params) or 'nothing'}")
@@ -897,10 +898,13 @@ def _args(v: Any, at: str, a: Action) -> dict[str, Any]:
             continue  # omitted victims: the replay fills them in when only one fits
         x = v[p.name]
         if p.kind == "slots":
-            if (not isinstance(x, list) or not all(
+            if (not isinstance(x, list) or len(x) != victim_slots or not all(
                     isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in x)):
-                raise InvalidArgument(f"{at}: {a.name} args.{p.name}={_v(x)} must be a list of"
-                                      " page counts >= 0, one per request slot")
+                raise InvalidArgument(
+                    f"{at}: {a.name} args.{p.name}={_v(x)} must be a list of {victim_slots}"
+                    " page counts >= 0: one per request slot (config.num_requests), plus one"
+                    " for the requests outside the model in an abstract trace; or leave it"
+                    " out when no eviction is needed")
             out[p.name] = tuple(x)
             continue
         if p.kind == "bool" and not isinstance(x, bool):

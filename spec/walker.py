@@ -174,7 +174,11 @@ def violates(trace: Trace, property_id: str) -> Trace | None:
     s = m.initial()
     kept: list[Step] = []
     for st in trace.steps:
-        args = st.args if m.enabled(s, st.action, st.r, **st.args) else _rechosen(m, s, st)
+        a = m.action(st.action)
+        if a.demand is not None and "demote" not in st.args:
+            args = _rechosen(m, s, st)
+        else:
+            args = st.args if m.enabled(s, st.action, st.r, **st.args) else _rechosen(m, s, st)
         if args is None:
             continue
         s, res = m.step(s, st.action, st.r, **args)
@@ -189,14 +193,9 @@ def _rechosen(m: Model, s: State, st: Step) -> dict[str, Any] | None:
     """For a step whose recorded victims no longer fit (an earlier step was dropped), the
     same call with the first admissible ``demote`` vector; None if the action is disabled."""
     a = m.action(st.action)
-    if a.demand is None:
-        return None
     fixed = {k: v for k, v in st.args.items() if k != "demote"}
-    for args in m.arguments(s, a, st.r):
-        if {k: v for k, v in args.items() if k != "demote"} == fixed and a.guard(
-                m.ctx, s, st.r, **args):
-            return args
-    return None
+    options = m.victim_options(s, a, st.r, fixed)
+    return {**fixed, "demote": options[0]} if options else None
 
 
 def lower_arguments(trace: Trace, property_id: str) -> Trace:

@@ -51,6 +51,19 @@ class Z3Ops:
         self._args.append(capacity)
         return self._blk(capacity)
 
+    def blocks_mark(self) -> int:
+        """A mark for :meth:`blocks_since`: how many ``blocks`` arguments exist now."""
+        return len(self._args)
+
+    def blocks_since(self, mark: int) -> list[Term]:
+        """The ``blocks`` arguments built since ``mark``."""
+        return list(self._args[mark:])
+
+    def note_blocks(self, args: list[Term]) -> None:
+        """Record ``blocks`` arguments built outside this object (e.g. by substituting a
+        template's terms), so that :meth:`block_axioms` covers them."""
+        self._args.extend(args)
+
     def util_exceeds(self, used: Term, total: Term) -> Term:
         return used * self._den > self._num * total
 

@@ -7,33 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sample_traces import EVICTION_CONFIG, EVICTION_PROLOGUE
 
 from kvspec.config import Config
 from kvspec.conformance import impls
-from kvspec.conformance.driver import F
 from kvspec.conformance.lockstep import Lockstep
+from kvspec.conformance.replay import replay_on_impl
 from kvspec.policy import get_policy
 from kvspec.spec.model import Model
 from kvspec.spec.state import ACTIVE
+from kvspec.spec.trace import Step, Trace, with_digests
 
-CONFIG = Config(tokens_per_block=1, num_gpu_pages=4, num_host_pages=4, num_requests=3,
-                max_prompt_len=2, max_draft_len=0)
+CONFIG = EVICTION_CONFIG
 POLICY = get_policy("pr14849")
-
-# r0 and r1 fill the pool, run their prompts and are suspended; r2 then needs 2 GPU pages
-# (implicit eviction of 2 of their 4 pages), and r0's resume needs its demoted pages back.
-PROLOGUE: list[tuple[str, int, dict[str, Any]]] = [
-    ("arrive", 0, dict(prompt_len=2, chunk_size=2, draft_len=0)),
-    ("arrive", 1, dict(prompt_len=2, chunk_size=2, draft_len=0)),
-    ("prepare_context", 0, {}), ("resize_context", 0, {}),
-    ("prepare_context", 1, {}), ("resize_context", 1, {}),
-    ("decide", 0, dict(wait=False, can_queue=True)),
-    ("forward", 0, dict(accepted=0)), ("forward", 1, dict(accepted=0)),
-    ("end_iteration", 0, {}),
-    ("suspend_request", 0, {}), ("suspend_request", 1, {}),
-    ("arrive", 2, dict(prompt_len=2, chunk_size=2, draft_len=0)),
-    ("prepare_context", 2, {}),
-]
+PROLOGUE = [(st.action, st.r, dict(st.args)) for st in EVICTION_PROLOGUE]
 
 
 def _run(factory: Any) -> Lockstep:
@@ -117,25 +104,81 @@ class _NoImplicitEviction:
         return bool(self._inner.resize_context(req, num_tokens))
 
 
-def test_a_manager_without_implicit_eviction_diverges() -> None:
+def test_a_manager_without_implicit_eviction_diverges_on_the_result_only() -> None:
     lock = _run(lambda k, p: _NoImplicitEviction(impls.reference(k, p)))
     div = lock.step("resize_context", 2, {})
     assert div is not None
-    assert "result" in div.render()
+    text = div.render()
+    assert "result: expected True, actual False" in text
+    assert "victims" not in text  # a refusal chose no victims: the result says it all
 
 
-def test_a_victim_choice_the_rules_forbid_is_reported() -> None:
-    lock = _run(impls.reference)
-    inner = lock.driver.manager
-    # The reference's choice is admissible; forge the observation before the step so that
-    # the host page growth the lockstep reads is one no rule allows (3 pages from r0).
-    before = lock.obs
-    forged = list(before[0][0])
-    forged[F["host_pages"]] = -1
-    lock.obs = ((tuple(forged), *before[0][1:]), before[1], before[2])
+class _OverDemotes:
+    """A manager whose growth first demotes every suspended cache (more than it needs)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.reqs: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def resize_context(self, req: Any, num_tokens: int) -> bool:
+        for other in self.reqs:
+            if other is not req and self._inner.has_cache(other.request_id) \
+                    and int(self._inner.get_status(other.request_id)) == 1:
+                self._inner.evict_to_host(other)
+        return bool(self._inner.resize_context(req, num_tokens))
+
+
+def test_a_victim_choice_the_rules_forbid_is_a_victims_divergence() -> None:
+    made: list[_OverDemotes] = []
+
+    def make(k: Config, p: Any) -> _OverDemotes:
+        made.append(_OverDemotes(impls.reference(k, p)))
+        return made[-1]
+
+    lock = _run(make)
+    made[0].reqs = [q for q in lock.driver.reqs if q is not None]
     div = lock.step("resize_context", 2, {})
-    assert div is not None and "victims" in div.render()
-    assert inner.get_capacity(2) == 2
+    assert div is not None
+    text = div.render()
+    assert "victims: expected demote one of [0, 2, 0], [1, 1, 0], [2, 0, 0]" in text
+    assert "actual demote [2, 2, 0] (read from host pages)" in text
+
+
+class _RaisesOnGrowth:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def resize_context(self, req: Any, num_tokens: int) -> bool:
+        if req.request_id == 2:  # the growth that must evict
+            raise RuntimeError("allocator exploded")
+        return bool(self._inner.resize_context(req, num_tokens))
+
+
+def test_a_manager_that_raises_on_an_evicting_step_is_reported_not_a_crash() -> None:
+    lock = _run(lambda k, p: _RaisesOnGrowth(impls.reference(k, p)))
+    div = lock.step("resize_context", 2, {})
+    assert div is not None
+    assert "RuntimeError: allocator exploded" in div.render()
+    assert lock.steps[-1].args["demote"] in [(0, 2, 0), (1, 1, 0), (2, 0, 0)]
+
+
+def test_replay_requires_the_traces_victims() -> None:
+    """A trace records one admissible choice; replaying it on a manager that chooses
+    another is a victims divergence, not a model refusal of a later step."""
+    steps = tuple(EVICTION_PROLOGUE) + (
+        Step("resize_context", 2, {"demote": (0, 2, 0)}), Step("evict_to_host", 0))
+    trace = with_digests(Trace(POLICY, CONFIG, steps, source="hand"))
+    res = replay_on_impl(trace, impls.reference)  # the reference demotes r0's pages first
+    assert res.divergence is not None
+    text = res.divergence.render()
+    assert "victims: expected demote [0, 2, 0] (the trace's choice)" in text
+    assert "actual demote [2, 0, 0] (read from host pages" in text
 
 
 REFUSED_REVERT: list[tuple[str, int, dict[str, Any]]] = [
