@@ -21,7 +21,7 @@ from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 
 from .invariants import PROPERTIES, Property
-from .model import Model
+from .model import Model, transition
 from .state import State
 from .trace import Step, Trace, with_digests
 
@@ -86,7 +86,8 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
                 s, path = m.initial(), []
                 continue
             name, r, args = chosen
-            nxt, res = m.step(s, name, r, **args)
+            # the picker returns enabled steps only: apply the effect without re-checking
+            nxt, res = transition(m.ctx, m.action(name), s, r, args)
             path.append(Step(name, r, args, None if res is None else bool(res)))
             out.steps += 1
             out.actions[name] += 1
