@@ -86,14 +86,18 @@ def test_reference_and_torch_choose_different_victims() -> None:
     assert ref.steps[-1].args["demote"] != gpu.steps[-1].args["demote"]
 
 
-class _NoImplicitEviction:
-    """A manager that refuses growth when free GPU pages are short (kvspec's old model)."""
+class _Wrapped:
+    """A manager wrapping the reference, overriding some calls."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+class _NoImplicitEviction(_Wrapped):
+    """A manager that refuses growth when free GPU pages are short (kvspec's old model)."""
 
     def resize_context(self, req: Any, num_tokens: int) -> bool:
         cap = self._inner.get_capacity(req.request_id)
@@ -113,15 +117,10 @@ def test_a_manager_without_implicit_eviction_diverges_on_the_result_only() -> No
     assert "victims" not in text  # a refusal chose no victims: the result says it all
 
 
-class _OverDemotes:
+class _OverDemotes(_Wrapped):
     """A manager whose growth first demotes every suspended cache (more than it needs)."""
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.reqs: list[Any] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    reqs: tuple[Any, ...] = ()
 
     def resize_context(self, req: Any, num_tokens: int) -> bool:
         for other in self.reqs:
@@ -139,7 +138,7 @@ def test_a_victim_choice_the_rules_forbid_is_a_victims_divergence() -> None:
         return made[-1]
 
     lock = _run(make)
-    made[0].reqs = [q for q in lock.driver.reqs if q is not None]
+    made[0].reqs = tuple(q for q in lock.driver.reqs if q is not None)
     div = lock.step("resize_context", 2, {})
     assert div is not None
     text = div.render()
@@ -147,13 +146,7 @@ def test_a_victim_choice_the_rules_forbid_is_a_victims_divergence() -> None:
     assert "actual demote [2, 2, 0] (read from host pages)" in text
 
 
-class _RaisesOnGrowth:
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
+class _RaisesOnGrowth(_Wrapped):
     def resize_context(self, req: Any, num_tokens: int) -> bool:
         if req.request_id == 2:  # the growth that must evict
             raise RuntimeError("allocator exploded")
