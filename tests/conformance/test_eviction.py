@@ -197,3 +197,42 @@ def test_a_refused_revert_is_atomic_only_in_the_reviewed_order(
     assert set(lock.last_impl_violations) == expected
     snapshot = lock.state.reqs[0].snapshot
     assert (snapshot == -1) is (policy == "trtllm-2026-05")
+
+
+TIGHT = Config(num_gpu_pages=2, num_host_pages=1, num_requests=2, tokens_per_block=1,
+               max_prompt_len=2, max_draft_len=0, max_rewind_len=0)
+"""A pool where growth evicts and a refused revert is reached early under trtllm-2026-05:
+a BFS of the model reaches a state violating INV-ATOMIC at depth 5 and a cache partly on the
+host (implicit partial demotion) at depth 9."""
+
+
+@pytest.mark.parametrize("impl,depth", [("reference", 9), ("gpu", 6)])
+def test_exhaustive_small_scope_of_the_may_2026_revision(impl: str, depth: int) -> None:
+    from kvspec.conformance.exhaustive import explore
+
+    res = explore(getattr(impls, impl), get_policy("trtllm-2026-05"), TIGHT, max_depth=depth)
+    assert res.ok, res.render()
+    assert res.bounded and f"depth {depth}" in res.bounded_reason
+    assert res.states > (4000 if depth == 9 else 700)
+
+
+def test_the_tight_pool_reaches_partial_residency_and_a_refused_revert() -> None:
+    """What the exhaustive test above covers, checked on the model by the same BFS depth."""
+    m = Model(TIGHT, get_policy("trtllm-2026-05"))
+    frontier, seen = [m.initial()], set()
+    partial_at = atomic_at = 0
+    for depth in range(1, 10):
+        nxt = []
+        for s in frontier:
+            for name, r, args in m.enabled_steps(s):
+                t = m.step(s, name, r, **args).state
+                if not partial_at and any(0 < q.host_pages < q.capacity for q in t.reqs):
+                    partial_at = depth
+                if not atomic_at and t.v_atomic:
+                    atomic_at = depth
+                t = t._replace(v_atomic=False, v_swa_rewind=False)
+                if t not in seen:
+                    seen.add(t)
+                    nxt.append(t)
+        frontier = nxt
+    assert (partial_at, atomic_at) == (9, 5)
