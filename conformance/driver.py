@@ -89,6 +89,9 @@ class Driver:
         self.resized = [False] * n
         self.ran = [False] * n
         self.pinned_start = [0] * n
+        # per slot, the (tier, page id) entries of its page table at the last per-step
+        # structure check (kept-page oracle); None: no cache then
+        self.tables: list[tuple[tuple[int, int], ...] | None] = [None] * n
         self._never_resumed = callable(getattr(manager, "is_never_resumed", None))
         self._ops: dict[str, Callable[..., StepOutcome]] = {
             "arrive": self._arrive, "prepare_context": self._prepare_context,
@@ -261,7 +264,7 @@ def abstract(driver: Driver) -> Observation:
     return tuple(slots), int(m.num_free_gpu_pages), int(m.num_free_host_pages)
 
 
-def structure(driver: Driver) -> list[str]:
+def structure(driver: Driver, *, kept_pages: bool = False) -> list[str]:
     """Structural checks only an implementation can fail; messages of the failures.
 
     Per tier: page ids within 1..pages, no id in two page tables or twice in one, no page both
@@ -270,7 +273,14 @@ def structure(driver: Driver) -> list[str]:
     length, ACTIVE caches wholly on GPU, and (with ``get_page_tiers``) one tier per entry
     agreeing with the host page count; plus the manager's own ``check_integrity`` when
     offered. A cache partly on the host of a manager without ``get_page_tiers`` counts its
-    pages per tier but its ids are not checked. Cost: O(pages).
+    pages per tier but its ids are not checked.
+
+    ``kept_pages`` (called after every step): the kept-page oracle. A page-table entry that
+    stays in its tier between two consecutive steps keeps its page id: after a growth the old
+    table is a prefix of the new, after a shrink the new is a prefix of the old, so a manager
+    that releases the wrong pages (counts and ids still consistent) is caught. Entries that
+    moved tier (demotion, recall) are not compared: without contents their identity is not
+    observable. Cost: O(pages).
     """
     m, k = driver.manager, driver.config
     out: list[str] = []
@@ -278,6 +288,7 @@ def structure(driver: Driver) -> list[str]:
     held: tuple[dict[int, int], dict[int, int]] = ({}, {})
     unattributed = [0, 0]  # pages of partly demoted caches whose ids are not attributed
     tiers_fn = getattr(m, "get_page_tiers", None)
+    tables: list[tuple[tuple[int, int], ...] | None] = [None] * k.num_requests
     for r in range(k.num_requests):
         if not m.has_cache(r):
             continue
@@ -308,6 +319,7 @@ def structure(driver: Driver) -> list[str]:
             unattributed[0] += len(table) - host
             unattributed[1] += host
             continue
+        tables[r] = tuple(zip(tiers, table))
         for page, tier in zip(table, tiers):
             if not 1 <= page <= totals[tier]:
                 out.append(f"slot {r}: {'host' if tier else 'GPU'} page id {page} outside"
@@ -316,6 +328,9 @@ def structure(driver: Driver) -> list[str]:
                 out.append(f"{'host' if tier else 'GPU'} page {page} held by slot {r} and by"
                            f" slot {held[tier][page]}")
             held[tier][page] = r
+    if kept_pages:
+        out.extend(_moved_pages(driver.tables, tables))
+        driver.tables = tables
     frees = (int(m.num_free_gpu_pages), int(m.num_free_host_pages))
     ids_fn = getattr(m, "free_page_ids", None)
     free_ids = ids_fn() if callable(ids_fn) else None
@@ -341,4 +356,22 @@ def structure(driver: Driver) -> list[str]:
             check()
         except (InvariantViolation, ProtocolError) as exc:
             out.append(f"check_integrity: {exc}")
+    return out
+
+
+def _moved_pages(before: list[tuple[tuple[int, int], ...] | None],
+                 after: list[tuple[tuple[int, int], ...] | None]) -> list[str]:
+    """Kept-page oracle: entries that stayed in their tier but changed page id."""
+    out = []
+    for r, (old, new) in enumerate(zip(before, after)):
+        if old is None or new is None:
+            continue
+        for i, ((t0, p0), (t1, p1)) in enumerate(zip(old, new)):
+            if t0 == t1 and p0 != p1:
+                tier = "host" if t0 else "GPU"
+                out.append(f"slot {r}: page-table entry {i} (tokens of block {i}) changed from"
+                           f" {tier} page {p0} to {tier} page {p1} without moving tier; a kept"
+                           " block must keep its page (a shrink releases the tail, a growth"
+                           " appends)")
+                break
     return out
