@@ -47,7 +47,10 @@ class ExhaustiveResult:
     ``interrupted_in`` (``"bfs"``: the counts are the states found so far and nothing was
     replayed; ``"replay"``: ``replayed_paths`` of ``leaf_paths`` were replayed).
     ``warnings``: the first tolerated misuse of each kind (:mod:`~kvspec.conformance.misuse`)
-    over the replayed paths; ``strict``: the replay ran with ``strict=True``."""
+    over the replayed paths; ``strict``: the replay ran with ``strict=True``.
+    ``divergence_depth``: the smallest BFS depth at which a replayed path diverged (its
+    ``Divergence.index``; every replayed path is a BFS-tree path, so its first k steps are a
+    shortest path to the model state they reach); None without a divergence."""
 
     policy: str
     config: Config
@@ -68,6 +71,7 @@ class ExhaustiveResult:
     interrupted_in: str = ""
     warnings: list[MisuseFinding] = field(default_factory=list)
     strict: bool = False
+    divergence_depth: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -97,6 +101,9 @@ class ExhaustiveResult:
         elif self.interrupted_in == "replay":
             lines.append(f"interrupted after replaying {self.replayed_paths} of"
                          f" {self.leaf_paths} leaf paths ({self.replayed_steps} steps)")
+        if self.divergence_depth is not None:
+            lines.append(f"divergence at BFS depth {self.divergence_depth}: a shortest path to"
+                         " the state where it diverges")
         if self.divergences:
             lines.append(self.divergences[0].render())
         lines.extend(render_warnings(self.warnings))
@@ -229,6 +236,8 @@ def _explore(fac: Factory, policy: Policy, config: Config, res: ExhaustiveResult
                     replay_progress(res.replayed_paths, res.leaf_paths)
                 if div is not None:
                     res.divergences.append(div)
+                    if res.divergence_depth is None or div.index < res.divergence_depth:
+                        res.divergence_depth = div.index
                     if stop_at_first:
                         break
             latch.check()

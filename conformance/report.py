@@ -49,7 +49,11 @@ class Divergence:
     step; ``expected``/``actual`` are the full observations after it, rendered (empty slots
     left out). ``impl_result`` is what the implementation did at the diverging step:
     ``-> True``/``-> False``/``-> None`` (a forgotten ``return``), ``raised ExcType: message``,
-    or "" for a call without a result.
+    or "" for a call without a result. ``shrunk_from``: the length before shrinking (None:
+    not shrunk); ``one_minimal`` (set by :func:`~kvspec.conformance.shrink.shrink`): True when
+    its final pass completed within its budget, so removing any single step or any pair of
+    steps no longer shows the same bug; False when the budget ran out first; None: not
+    recorded.
     """
 
     index: int
@@ -62,6 +66,7 @@ class Divergence:
     impl: str = ""
     shrunk_from: int | None = None
     impl_result: str = ""
+    one_minimal: bool | None = None
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -78,7 +83,9 @@ class Divergence:
                  f" {self.action}   (policy {self.trace.policy.name})",
                  f"  config: {render_config(self.trace.config)}"]
         if self.shrunk_from is not None:
-            lines.append(f"  (shrunk from {self.shrunk_from} steps to {len(self.trace)})")
+            note = {True: ", 1-minimal", None: "",
+                    False: ", not certified 1-minimal: shrink budget spent"}[self.one_minimal]
+            lines.append(f"  (shrunk from {self.shrunk_from} steps to {len(self.trace)}{note})")
         lines.append("Steps:" if self.trace.steps else "Steps: none (the fresh manager differs)")
         for i, st in enumerate(self.trace.steps, start=1):
             res = "" if st.result is None else f" -> {st.result}"
