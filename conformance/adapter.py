@@ -6,7 +6,8 @@ The manager never imports the model; :mod:`kvspec.conformance.driver` maps its s
 model's. Required: the protocol operations and observations below. Optional (checked with
 ``hasattr``): ``is_never_resumed``, ``check_integrity``, ``snapshot_state``,
 ``free_page_ids`` (which makes the page-partition check exact instead of count-based) and
-``get_page_tiers`` (the tier of each page-table entry, for caches partly on the host).
+``get_page_tiers`` (the tier of each page-table entry, for caches partly on the host), and
+``write_tokens``/``read_tokens`` (KV contents through the page table: the content oracle).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ REQUIRED_METHODS: tuple[str, ...] = (
     "get_page_table", "get_draft_record")
 REQUIRED_PROPERTIES: tuple[str, ...] = ("num_free_gpu_pages", "num_free_host_pages")
 OPTIONAL_METHODS: tuple[str, ...] = ("is_never_resumed", "check_integrity", "snapshot_state",
-                                     "free_page_ids", "get_page_tiers")
+                                     "free_page_ids", "get_page_tiers", "write_tokens",
+                                     "read_tokens")
 
 
 def missing_api(manager: object) -> list[str]:

@@ -92,6 +92,12 @@ class Driver:
         # per slot, the (tier, page id) entries of its page table at the last per-step
         # structure check (kept-page oracle); None: no cache then
         self.tables: list[tuple[tuple[int, int], ...] | None] = [None] * n
+        # content oracle (managers with write_tokens/read_tokens): per slot, the tag the
+        # driver wrote at each token position it forwarded; a fresh nonce per write
+        self.contents = all(callable(getattr(manager, f, None))
+                            for f in ("write_tokens", "read_tokens"))
+        self.tags: list[list[int]] = [[] for _ in range(n)]
+        self._nonce = 0
         self._never_resumed = callable(getattr(manager, "is_never_resumed", None))
         self._ops: dict[str, Callable[..., StepOutcome]] = {
             "arrive": self._arrive, "prepare_context": self._prepare_context,
@@ -144,6 +150,7 @@ class Driver:
     def _reset_slot(self, r: int) -> None:
         self.fresh[r] = self.gen_outstanding[r] = self.resized[r] = self.ran[r] = False
         self.pinned_start[r] = 0
+        self.tags[r] = []
 
     def _prepare_context(self, r: int) -> StepOutcome:
         return StepOutcome(result=_result(self.manager.prepare_context(self._req(r))))
@@ -202,8 +209,21 @@ class Driver:
         self.manager.revert_allocate_generation(self._req(r))
         return StepOutcome()
 
+    def _write_tags(self, r: int, start: int, n: int) -> None:
+        """As the forward pass writes KV: a fresh tag into each of tokens [start, start + n)
+        of slot ``r``, through the manager (content oracle; see :func:`structure`)."""
+        tags = [(self._nonce + i) % (1 << 24) for i in range(1, n + 1)]
+        self._nonce += n
+        self.manager.write_tokens(r, start, tags)
+        self.tags[r] = self.tags[r][:start] + tags
+
     def _forward(self, r: int, accepted: int) -> StepOutcome:
         req = self._req(r)
+        if self.contents:
+            if req.state == RequestState.CONTEXT_INIT:
+                self._write_tags(r, req.context_current_position, req.num_context_tokens())
+            else:
+                self._write_tags(r, int(self.manager.get_history(r)), 1 + accepted)
         if req.state == RequestState.CONTEXT_INIT:
             old = req.context_current_position
             req.context_current_position = old + req.num_context_tokens()
@@ -264,7 +284,7 @@ def abstract(driver: Driver) -> Observation:
     return tuple(slots), int(m.num_free_gpu_pages), int(m.num_free_host_pages)
 
 
-def structure(driver: Driver, *, kept_pages: bool = False) -> list[str]:
+def structure(driver: Driver, *, per_step: bool = False) -> list[str]:
     """Structural checks only an implementation can fail; messages of the failures.
 
     Per tier: page ids within 1..pages, no id in two page tables or twice in one, no page both
@@ -275,12 +295,15 @@ def structure(driver: Driver, *, kept_pages: bool = False) -> list[str]:
     offered. A cache partly on the host of a manager without ``get_page_tiers`` counts its
     pages per tier but its ids are not checked.
 
-    ``kept_pages`` (called after every step): the kept-page oracle. A page-table entry that
-    stays in its tier between two consecutive steps keeps its page id: after a growth the old
-    table is a prefix of the new, after a shrink the new is a prefix of the old, so a manager
-    that releases the wrong pages (counts and ids still consistent) is caught. Entries that
-    moved tier (demotion, recall) are not compared: without contents their identity is not
-    observable. Cost: O(pages).
+    ``per_step`` (called after every step) adds two oracles. Kept pages: a page-table entry
+    that stays in its tier between two consecutive steps keeps its page id (after a growth
+    the old table is a prefix of the new, after a shrink the new is a prefix of the old), so a
+    manager that releases the wrong pages (counts and ids still consistent) is caught.
+    Contents, for a manager offering ``write_tokens``/``read_tokens``: every token below a
+    cache's history reads back, through its page table and from whichever tier holds it, the
+    tag the driver wrote when it was forwarded; this covers what kept pages cannot see
+    (demotion, recall, resume). Cost: O(pages), plus one read of every live token with
+    contents.
     """
     m, k = driver.manager, driver.config
     out: list[str] = []
@@ -328,9 +351,11 @@ def structure(driver: Driver, *, kept_pages: bool = False) -> list[str]:
                 out.append(f"{'host' if tier else 'GPU'} page {page} held by slot {r} and by"
                            f" slot {held[tier][page]}")
             held[tier][page] = r
-    if kept_pages:
+    if per_step:
         out.extend(_moved_pages(driver.tables, tables))
         driver.tables = tables
+        if driver.contents:
+            out.extend(_lost_contents(driver))
     frees = (int(m.num_free_gpu_pages), int(m.num_free_host_pages))
     ids_fn = getattr(m, "free_page_ids", None)
     free_ids = ids_fn() if callable(ids_fn) else None
@@ -374,4 +399,22 @@ def _moved_pages(before: list[tuple[tuple[int, int], ...] | None],
                            " block must keep its page (a shrink releases the tail, a growth"
                            " appends)")
                 break
+    return out
+
+
+def _lost_contents(driver: Driver) -> list[str]:
+    """Content oracle: each live cache's tokens below its history hold the driver's tags."""
+    m, out = driver.manager, []
+    for r in range(driver.config.num_requests):
+        if not m.has_cache(r):
+            driver.tags[r] = []
+            continue
+        want = driver.tags[r][:int(m.get_history(r))]
+        got = list(m.read_tokens(r, len(want)))
+        if got != want:
+            i = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), len(got))
+            block = i // driver.config.tokens_per_block
+            out.append(f"slot {r}: token {i} (block {block}) reads"
+                       f" {got[i] if i < len(got) else 'nothing'} through the page table;"
+                       f" the forward wrote {want[i]} (its KV was lost or moved)")
     return out

@@ -197,7 +197,7 @@ class Lockstep:
         new_state, model_new, expected_result = self._advance(out, name, r, args)
         try:
             found = observe_step(d, name, r, impl_args, outcome, before, after)
-            struct = structure(d, kept_pages=True) if self.check_structure else ()
+            struct = structure(d, per_step=True) if self.check_structure else ()
         except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
             return self._crash(name, r, args, exc, before_state)
         self.obs = after

@@ -16,6 +16,7 @@ from kvspec.policy import Policy
 
 from . import context_ops, generation_ops, integrity, row_ops, tiering
 from .core import ManagerCore
+from .kv_store import slot_mapping
 from .pages import expand
 from .requests import NO_RECORD, RequestLike
 
@@ -209,6 +210,33 @@ class Manager(ManagerCore):
                      "forward_write needs an ACTIVE cache with start + n <= capacity")
         seg, j, _ = expand(n)
         self.kv.write(self.gpu.table, rows[seg], rows[seg], start[seg] + j)
+
+    def write_tokens(self, rid: int, start: int, tags: Sequence[int]) -> None:
+        """The conformance engine's write: tag ``tags[i]`` (an integer below 2**24) into lane
+        0 of token ``start + i`` of ``rid``, through its page table, as a forward writes KV.
+
+        Cost: one slot mapping and one scatter. Raises (nothing written): ProtocolError when
+        the cache is missing or not ACTIVE or the tokens pass its capacity; InvalidArgument
+        for a negative start or a tag outside 0..2**24-1.
+        """
+        if start < 0 or any(not 0 <= t < 1 << 24 for t in tags):
+            raise InvalidArgument(f"write_tokens: start={start} must be >= 0 and every tag in"
+                                  " 0..2**24-1 (exact in float32)")
+        row = self.row_id(rid)
+        if not tags:
+            return
+        rows = self.one(row)
+        self.require(rows, self.active(rows) & (start + len(tags) <= self.cache.capacity[rows]),
+                     [rid], "write_tokens needs an ACTIVE cache with start + n <= capacity")
+        pos = torch.arange(start, start + len(tags), dtype=torch.int64, device=self.device)
+        slots = slot_mapping(self.gpu.table, torch.full_like(pos, row), pos, self.kv.block)
+        lane0 = self.kv.gpu.view(-1, self.kv.width)[:, 0]
+        lane0[slots] = torch.tensor(list(tags), dtype=torch.float32, device=self.device)
+
+    def read_tokens(self, rid: int, stop: int) -> list[int]:
+        """The lane-0 tags of tokens [0, stop) of ``rid`` (``stop`` <= history), read
+        through its page table from the tier holding each page (:meth:`read_kv`)."""
+        return [int(x) for x in self.read_kv(rid)[:stop, 0].tolist()]
 
     def read_kv(self, rid: int) -> torch.Tensor:
         """The KV of the first ``history`` tokens of ``rid``, read through its page table, each

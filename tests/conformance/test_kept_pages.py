@@ -65,3 +65,39 @@ def test_releasing_the_wrong_pages_is_caught_at_the_shrink() -> None:
     assert "page-table entry 0 (tokens of block 0) changed from GPU page" in text
     # nothing else differs: counts, ids and conservation are consistent
     assert {d.name for d in div.diffs} == {"structure"}
+
+
+def test_the_torch_manager_keeps_every_forwarded_token_through_demotion_and_recall() -> None:
+    from sample_traces import EVICTION_CONFIG, EVICTION_PROLOGUE
+
+    lock = Lockstep(impls.gpu, EVICTION_CONFIG, get_policy("pr14849"))
+    assert lock.driver.contents  # write_tokens / read_tokens offered: the content oracle runs
+    for st in EVICTION_PROLOGUE:
+        assert lock.step(st.action, st.r, dict(st.args)) is None
+    assert lock.step("resize_context", 2, {}) is None  # demotes 2 of r0's and r1's pages
+    for r in (0, 1):
+        assert lock.step("resume_request", r, {}) is None  # recalls them
+    assert lock.driver.tags[0] and lock.driver.tags[1]
+    assert lock.final_check() is None
+
+
+def _forgets_on_recall(config: Config, policy: Policy) -> Any:
+    """The torch manager, except that a recall from the host copies nothing back."""
+    m = impls.gpu(config, policy)
+    m.kv.to_gpu = lambda host_pages, gpu_pages: None
+    return m
+
+
+def test_a_recall_that_loses_the_kv_is_caught_by_the_content_oracle() -> None:
+    from sample_traces import EVICTION_CONFIG, EVICTION_PROLOGUE
+
+    lock = Lockstep(_forgets_on_recall, EVICTION_CONFIG, get_policy("pr14849"))
+    for st in EVICTION_PROLOGUE:
+        assert lock.step(st.action, st.r, dict(st.args)) is None
+    assert lock.step("resize_context", 2, {}) is None
+    victim = next(r for r in (0, 1) if lock.state.reqs[r].host_pages)
+    div = lock.step("resume_request", victim, {})
+    assert div is not None
+    text = div.render()
+    assert f"slot {victim}: token" in text and "the forward wrote" in text
+    assert {d.name for d in div.diffs} == {"structure"}  # counts and tables all agree
