@@ -4,16 +4,28 @@ One rule per action; its precondition is "some (slot, args) of this action is en
 rule draws among the enabled (slot, args) and steps model and implementation in lockstep; the
 invariant re-runs the structural checks. A divergence raises :class:`DivergenceFound` carrying
 the :class:`~kvspec.conformance.report.Divergence`; hypothesis then shrinks the sequence.
+
+Given several configs, an ``initialize`` rule draws the example's config first (hypothesis
+shrinks towards the first one). Each example reports its pool pressure to hypothesis's
+``target()`` (:data:`TARGETS`) at its end, so the target phase steers towards examples where
+growths and resumes have to evict.
 Cost: ~100x a walker step (hypothesis bookkeeping and full argument enumeration).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis import target
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from kvspec.config import Config
 from kvspec.errors import ConformanceError
@@ -25,6 +37,15 @@ from .lockstep import Lockstep
 from .misuse import MisuseFinding
 from .report import Divergence
 
+TARGETS = ("implicit evictions",)
+"""The ``target()`` label: the example's count of steps other than ``evict_to_host`` after
+which another slot holds more host pages (a growth or a resume was short of free GPU pages
+and made room by demoting a suspended cache: the pressure states random walks rarely reach).
+Measured against two more scores (the example's peak share of GPU pages in use, and of
+SUSPENDED caches on the host): the peak share saturates at 1 on the one-page configs and
+drew hypothesis's optimiser there, finding fewer bugs than no target at all; this count alone
+found as many or more (docs/performance.md, "Checker strength")."""
+
 
 class DivergenceFound(ConformanceError):
     """Raised inside the state machine; ``divergence`` holds the report."""
@@ -34,45 +55,65 @@ class DivergenceFound(ConformanceError):
         self.divergence = divergence
 
 
-def make_machine(factory: Factory, config: Config, policy: Policy, *,
+def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Policy, *,
                  impl_name: str = "", probe_misuse: bool = True,
                  on_example_end: Callable[[], None] | None = None,
                  before_step: Callable[[], None] | None = None, strict: bool = False,
-                 warnings: list[MisuseFinding] | None = None
+                 warnings: list[MisuseFinding] | None = None, targets: bool = True
                  ) -> type[RuleBasedStateMachine]:
     """A state machine class checking ``factory``'s manager against the model under
     ``policy``; run it with ``run_state_machine_as_test`` (or ``.TestCase`` in pytest).
-    ``cls.steps_run[0]`` counts the lockstep steps of all examples; ``on_example_end()`` is
-    called from ``teardown`` after each example (hypothesis's replays included) and
-    ``before_step()`` before each rule (``run_check`` raises a pending interrupt there).
-    ``strict``: see :class:`~kvspec.conformance.lockstep.Lockstep`; ``warnings``, when
-    given, receives each example's misuse warnings at its teardown."""
-    model = Model(config, policy)
 
-    def init(self: Any) -> None:
-        RuleBasedStateMachine.__init__(self)
-        self.lock = Lockstep(factory, config, policy, impl_name=impl_name, model=model,
+    ``config``: one config, or several: an ``initialize`` rule then draws each example's
+    config (``self.config``; ``self.config_index`` its index). ``cls.steps_run[0]`` counts
+    the lockstep steps of all examples; ``on_example_end()`` is called from ``teardown`` after
+    each example (hypothesis's replays included) and ``before_step()`` before each rule
+    (``run_check`` raises a pending interrupt there). ``strict``: see
+    :class:`~kvspec.conformance.lockstep.Lockstep`; ``warnings``, when given, receives each
+    example's misuse warnings at its teardown. ``targets``: report the pool pressure
+    (:data:`TARGETS`) to ``hypothesis.target`` at each example's end (hypothesis's target
+    phase, when the settings include it, then steers towards it)."""
+    configs = (config,) if isinstance(config, Config) else tuple(config)
+    if not configs:
+        raise ValueError("make_machine: no config given")
+    models = [Model(c, policy) for c in configs]
+
+    def start(self: Any, index: int) -> None:
+        k = configs[index]
+        self.config, self.config_index, self.model = k, index, models[index]
+        self.lock = Lockstep(factory, k, policy, impl_name=impl_name, model=models[index],
                              check_structure=False, probe_misuse=probe_misuse,
                              strict=strict)
+        self._evictions = 0
         div = self.lock.initial_divergence()
         if div is not None:
             raise DivergenceFound(div)
+
+    def init(self: Any) -> None:
+        RuleBasedStateMachine.__init__(self)
+        self.lock = None
         self._cache_key = None
         self._cache = {}
+        if len(configs) == 1:
+            start(self, 0)
+
+    def choose_config(self: Any, index: int) -> None:
+        start(self, index)
 
     def enabled(self: Any, name: str) -> list[tuple[int, dict[str, Any]]]:
         s = self.lock.state
         if self._cache_key is not s:
             self._cache_key, self._cache = s, {}
         if name not in self._cache:
+            model = self.model
             a = model.action(name)
-            slots = range(config.num_requests) if a.per_request else range(1)
+            slots = range(self.config.num_requests) if a.per_request else range(1)
             if a.demand is None:
                 self._cache[name] = [(r, args) for r in slots
                                      for args in model.enabled_args(s, a, r)]
             else:  # the victims are the implementation's choice: the lockstep reads them
                 self._cache[name] = [(r, args) for r in slots
-                                     for args in a.argument_tuples(config)
+                                     for args in a.argument_tuples(self.config)
                                      if model.enabled(s, name, r, **args)]
         return self._cache[name]
 
@@ -84,9 +125,14 @@ def make_machine(factory: Factory, config: Config, policy: Policy, *,
                 before_step()
             r, args = data.draw(st.sampled_from(self._enabled(name)), label=name)
             type(self).steps_run[0] += 1
+            before = self.lock.state
             div = self.lock.step(name, r, dict(args))
             if div is not None:
                 raise DivergenceFound(div)
+            if targets and name != "evict_to_host" and any(
+                    q.host_pages > p.host_pages for i, (p, q)
+                    in enumerate(zip(before.reqs, self.lock.state.reqs)) if i != r):
+                self._evictions += 1
         step.__name__ = name
         return step
 
@@ -99,12 +145,17 @@ def make_machine(factory: Factory, config: Config, policy: Policy, *,
         lock = getattr(self, "lock", None)
         if warnings is not None and lock is not None:
             warnings.extend(lock.warnings)
+        if targets and lock is not None:
+            target(float(self._evictions), label=TARGETS[0])
         if on_example_end is not None:
             on_example_end()
 
     body: dict[str, Any] = {"__init__": init, "steps_run": [0], "_enabled": enabled,
                             "check_structure": invariant()(check_structure),
-                            "teardown": teardown}
-    for a in model.actions:
+                            "teardown": teardown, "configs": configs}
+    if len(configs) > 1:
+        body["choose_config"] = initialize(
+            index=st.integers(0, len(configs) - 1))(choose_config)
+    for a in models[0].actions:
         body[a.name] = make_rule(a.name)
     return type(f"Conformance_{policy.name.replace('-', '_')}", (RuleBasedStateMachine,), body)

@@ -4,8 +4,8 @@
                    [--max-depth N] [--timeout SECONDS] [--bmc2-depth N]
     kvspec walk    [--policy P] [--steps N] [--seed S] [--export DIR] [--json]
     kvspec replay  TRACE [--impl module:factory [--strict]] [--render table|path|program|jsonl]
-    kvspec check   --impl module:factory [--policy P] [--examples N] [--seed S] [--export DIR]
-                   [--hypothesis-dir DIR] [--strict]
+    kvspec check   --impl module:factory [--policy P|all]... [--examples N] [--seed S]
+                   [--export DIR] [--hypothesis-dir DIR] [--strict]
     kvspec explore [--impl module:factory] [--policy P] [--requests N] [--gpu-pages G]
                    [--max-depth D] [--strict]
 
@@ -41,6 +41,12 @@ EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNKNOWN = 3
 EXIT_INTERRUPTED = 130
+
+CHECK_EXAMPLES = 100
+CHECK_WALK_LENGTH = 120
+"""``kvspec check``'s default budget per preset (``conformance.check.DEFAULT_EXAMPLES`` and
+``DEFAULT_WALK_LENGTH``, repeated here so that parsing imports nothing heavy; a test keeps
+them equal)."""
 
 EXPLORE_MAX_REQUESTS = SMALL_SCOPE["num_requests"]
 EXPLORE_MAX_GPU_PAGES = SMALL_SCOPE["num_gpu_pages"]
@@ -263,27 +269,33 @@ def _parser() -> argparse.ArgumentParser:
 
     ck = command(
         "check", "lockstep an implementation against the model",
-        "Run an implementation and the model side by side, compared after every step: the "
-        "walker tier (seeded walks, configs cycled through conformance.check.DEFAULT_CONFIGS) "
-        "then the hypothesis tier (a generated state machine). The first divergence is shrunk "
-        "and reported; exit 1. A misuse the manager tolerates (a double free accepted "
-        "silently, ...) is one warning line per kind after the report, exit 0; --strict "
-        "makes it a divergence. Hypothesis keeps no example database unless --hypothesis-dir "
-        "is given, and writes nothing to the current folder.")
+        "Run an implementation and the model side by side, compared after every step, under "
+        "every policy preset the implementation claims (all presets unless its factory says "
+        "otherwise: docs/conformance.md), or the --policy presets given: per preset the "
+        "walker tier (seeded swarm walks, configs cycled through "
+        "conformance.check.DEFAULT_CONFIGS) then the hypothesis tier (a generated state "
+        "machine over the same configs, steered towards pool pressure). One line per preset "
+        "and a summary; each preset's first divergence is shrunk and reported; exit 1 if any "
+        "diverged. A misuse the manager tolerates (a double free accepted silently, ...) is "
+        "one warning line per kind after the report, exit 0; --strict makes it a divergence. "
+        "Hypothesis keeps no example database unless --hypothesis-dir is given, and writes "
+        "nothing to the current folder.")
     ck.add_argument("--impl", required=True, metavar="MODULE:FACTORY",
                     help="the factory(config, policy) -> manager to check, e.g. " + DEFAULT_IMPL
                     + " (see docs/conformance.md); required")
-    ck.add_argument("--policy", default="pr13805-reviewed", type=_policy_name, metavar="P",
-                    help="the policy preset (default: %(default)s)")
-    ck.add_argument("--examples", type=_positive, default=100, metavar="N",
-                    help="walker walks of 60 steps; the hypothesis tier runs N/5 examples "
-                    "(default: %(default)s)")
+    ck.add_argument("--policy", action="append", type=_check_policy_name, metavar="P",
+                    help="a preset to check (repeatable), or 'all'; default: all, every "
+                    "preset the implementation claims (its factory's kvspec_presets or "
+                    "supported_policies, else all of " + ", ".join(PRESETS) + ")")
+    ck.add_argument("--examples", type=_positive, default=CHECK_EXAMPLES, metavar="N",
+                    help=f"per preset: walker walks of {CHECK_WALK_LENGTH} steps; the "
+                    "hypothesis tier runs N/5 examples (default: %(default)s)")
     ck.add_argument("--seed", type=_integer, default=0, metavar="S",
                     help="seeds both tiers (default: %(default)s)")
     ck.add_argument("--export", metavar="DIR",
-                    help="write the shrunk divergence to DIR/check-<policy>.jsonl, replayable "
-                    "with 'kvspec replay FILE --impl SAME' (checked writable before the check "
-                    "starts); default: none")
+                    help="write each diverging preset's shrunk divergence to "
+                    "DIR/check-<policy>.jsonl, replayable with 'kvspec replay FILE --impl SAME' "
+                    "(checked writable before the check starts); default: none")
     ck.add_argument("--hypothesis-dir", metavar="DIR",
                     help="keep hypothesis's example database in DIR (earlier failures are "
                     "replayed first); default: none, no database (hypothesis's own cache goes "
@@ -367,6 +379,16 @@ def _policy_name(text: str) -> str:
         return get_policy(text).name
     except InvalidArgument as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_policy_name(text: str) -> str:
+    """A preset name or ``all`` (check's --policy)."""
+    if text == "all":
+        return text
+    try:
+        return get_policy(text).name
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or 'all'") from None
 
 
 def _trace_file(text: str) -> str:
@@ -629,23 +651,29 @@ def _check(args: argparse.Namespace) -> int:
     hyp_dir = writable_dir(args.hypothesis_dir, "--hypothesis-dir")
 
     from kvspec.conformance.adapter import make_manager, resolve_factory
-    from kvspec.conformance.check import run_check
+    from kvspec.conformance.check import ALL, DEFAULT_CONFIGS, claimed_presets, run_checks
 
-    # a bad --impl, or a factory that raises, is reported before any work
-    make_manager(resolve_factory(args.impl), Config(), get_policy(args.policy))
+    asked = args.policy or [ALL]
+    policies = None if ALL in asked else _dedup(asked)
+    factory = resolve_factory(args.impl)
+    # a bad --impl, a bad claim or a factory that raises is reported before any work
+    first = (policies or claimed_presets(factory, DEFAULT_CONFIGS[0]) or [DEFAULT_PRESETS[0]])[0]
+    make_manager(factory, Config(), get_policy(first))
     with _Bars(args) as bars:
         def progress(tier: str, done: int, total: int) -> None:
             bars.show(tier, done, total, unit="run")
 
-        report = run_check(args.impl, args.policy, examples=args.examples, seed=args.seed,
-                           hypothesis_dir=hyp_dir, progress=None if bars.off else progress,
-                           strict=args.strict)
+        report = run_checks(args.impl, policies, examples=args.examples, seed=args.seed,
+                            walk_length=CHECK_WALK_LENGTH, hypothesis_dir=hyp_dir,
+                            progress=None if bars.off else progress, strict=args.strict)
     print(report.render())
-    div = report.divergence
-    if div is not None and export is not None:
-        path = div.trace.save(export / f"check-{args.policy}.jsonl")
-        print(f"Divergence trace -> {path}  (kvspec replay {path} --impl {args.impl}"
-              + (" --strict)" if args.strict else ")"))
+    if export is not None:
+        for r in report.reports:
+            if r.divergence is None:
+                continue
+            path = r.divergence.trace.save(export / f"check-{r.policy}.jsonl")
+            print(f"Divergence trace ({r.policy}) -> {path}  (kvspec replay {path} --impl"
+                  f" {args.impl}" + (" --strict)" if args.strict else ")"))
     if report.interrupted:
         return _interrupted()
     return EXIT_OK if report.ok else EXIT_DIVERGED

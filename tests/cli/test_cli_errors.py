@@ -76,6 +76,7 @@ def tripwires(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prove, "prove_matrix", tripped)
     monkeypatch.setattr(walker, "walk", tripped)
     monkeypatch.setattr(check, "run_check", tripped)
+    monkeypatch.setattr(check, "run_checks", tripped)
     monkeypatch.setattr(exhaustive, "explore", tripped)
 
 

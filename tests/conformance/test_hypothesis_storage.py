@@ -15,6 +15,7 @@ import broken  # tests/conformance/broken.py
 import pytest
 from hypothesis import configuration
 
+from kvspec.config import Config
 from kvspec.conformance import impls
 from kvspec.conformance.check import cache_dir, run_check
 from kvspec.errors import InvalidArgument
@@ -69,14 +70,16 @@ def test_hypothesis_dir_holds_the_database_and_failures_replay(
     db = tmp_path / "hyp"
     before = vars(configuration)[_HOME_KEY]
     first = run_check(broken.shrink_below_snapshot, "pr13805-reviewed", examples=1, seed=0,
-                      tiers=("hypothesis",), hypothesis_examples=60, hypothesis_dir=db)
+                      config=Config(), tiers=("hypothesis",), hypothesis_examples=60,
+                      hypothesis_dir=db)
     assert vars(configuration)[_HOME_KEY] == before
     assert first.divergence is not None and first.hypothesis_dir == str(db)
     saved = [p for p in (db / "examples").rglob("*") if p.is_file()]
     assert saved, "the failing example is in the database"
     # another seed: the database's failing example is tried first
     again = run_check(broken.shrink_below_snapshot, "pr13805-reviewed", examples=1, seed=99,
-                      tiers=("hypothesis",), hypothesis_examples=60, hypothesis_dir=db)
+                      config=Config(), tiers=("hypothesis",), hypothesis_examples=60,
+                      hypothesis_dir=db)
     assert again.divergence is not None
     assert again.tiers[0].runs <= 2 < first.tiers[0].runs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hyp"]

@@ -170,7 +170,7 @@ def test_walker_divergence_trace_replays_to_the_same_divergence(factory: Any,
 
 def test_hypothesis_divergence_trace_replays_to_the_same_divergence(tmp_path: Path) -> None:
     report = run_check(broken.shrink_below_snapshot, POLICY, examples=5, seed=0,
-                       tiers=("hypothesis",), hypothesis_examples=60)
+                       config=Config(), tiers=("hypothesis",), hypothesis_examples=60)
     div = report.divergence
     assert div is not None, report.render()
     assert report.trace is not None and report.trace.config == Config()
