@@ -197,6 +197,20 @@ class CheckReport:
         return out
 
     @property
+    def model_violations(self) -> list[str]:
+        """Invariant ids the model itself violated under this policy during the check
+        (sorted): the policy breaks them, and the implementation matched each one."""
+        return sorted(set().union(*(t.model_violations for t in self.tiers)))
+
+    def model_violation_lines(self) -> list[str]:
+        """One line naming the model's own violations ([] when there were none)."""
+        ids = self.model_violations
+        if not ids:
+            return []
+        return [f"  model: policy {self.policy} itself violates {', '.join(ids)} on the way"
+                " (the implementation showed the same violations at the same steps)"]
+
+    @property
     def verdict(self) -> str:
         """``OK``, ``DIVERGES``, ``INTERRUPTED`` or ``DIVERGES (interrupted)``."""
         if self.interrupted:
@@ -211,6 +225,7 @@ class CheckReport:
                  f"{', strict' if self.strict else ''}: {self.verdict}"]
         lines.extend(config_lines(self.config, self.configs))
         lines.extend(self.tier_lines())
+        lines.extend(self.model_violation_lines())
         lines.extend(self.interrupt_lines())
         div = self.divergence_lines()
         if div:
@@ -314,6 +329,7 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
                 div = lock.step(*nxt)
                 res.steps += 1
             res.runs += 1  # completed walks (an interrupted one counts its steps only)
+            res.model_violations.update(lock.violated)
             merge(res.warnings, lock.warnings, f"walker run {w + 1} (run seed '{seed}:{w}')"
                   + (f", config #{ci}" if len(configs) > 1 else ""))
             if div is not None:  # recorded first: an interrupt from here on keeps it
@@ -790,6 +806,8 @@ class MultiCheckReport:
             lines.append(line)
         for p in self.not_run:
             lines.append(f"  {p:<{width}}not run (interrupted)")
+        for r in self.reports:
+            lines.extend(r.model_violation_lines())
         ok = sum(1 for r in self.reports if r.ok)
         bad = self.diverged
         lines.append(f"Summary: {len(self.reports)} of {n} policies checked, {ok} OK, {len(bad)}"

@@ -114,7 +114,10 @@ class TierResult:
     ran under, ``config_index`` into the configs the tier cycled (None: one config) and
     ``run_seed`` (the walker's per-run RNG seed). ``interrupted``: a ``KeyboardInterrupt``
     stopped the tier; everything here is what was done before it. ``warnings``: the first
-    tolerated misuse of each kind (:mod:`~kvspec.conformance.misuse`), with its run."""
+    tolerated misuse of each kind (:mod:`~kvspec.conformance.misuse`), with its run.
+    ``model_violations``: invariant ids the model itself violated during the tier's runs (the
+    policy breaks them; the implementation had to show the same violation at the same step,
+    so an OK means it matched them)."""
 
     tier: str
     steps: int = 0
@@ -129,6 +132,7 @@ class TierResult:
     config_index: int | None = None
     run_seed: str = ""
     warnings: list[MisuseFinding] = field(default_factory=list)
+    model_violations: set[str] = field(default_factory=set)
 
     @property
     def steps_per_second(self) -> float:
