@@ -138,6 +138,13 @@ Walks of 120 steps reach the pool-pressure states about twice as often as twice 
 walks of 60 (their first 60 steps are those walks); :func:`run_check` keeps its 60."""
 
 
+def _verdict(ok: bool, interrupted: bool) -> str:
+    """``OK``, ``DIVERGES``, ``INTERRUPTED`` or ``DIVERGES (interrupted)``."""
+    if interrupted:
+        return "INTERRUPTED" if ok else "DIVERGES (interrupted)"
+    return "OK" if ok else "DIVERGES"
+
+
 @dataclass
 class CheckReport:
     """Outcome of :func:`run_check`: per-tier steps, time and the first (shrunk) divergence.
@@ -213,9 +220,7 @@ class CheckReport:
     @property
     def verdict(self) -> str:
         """``OK``, ``DIVERGES``, ``INTERRUPTED`` or ``DIVERGES (interrupted)``."""
-        if self.interrupted:
-            return "INTERRUPTED" if self.ok else "DIVERGES (interrupted)"
-        return "OK" if self.ok else "DIVERGES"
+        return _verdict(self.ok, self.interrupted)
 
     def render(self) -> str:
         """Head (impl, policy, seed, verdict), the config(s), one line per tier, where an
@@ -773,9 +778,8 @@ class MultiCheckReport:
 
     @property
     def verdict(self) -> str:
-        if self.interrupted:
-            return "INTERRUPTED" if self.ok else "DIVERGES (interrupted)"
-        return "OK" if self.ok else "DIVERGES"
+        """As :attr:`CheckReport.verdict`, over every policy."""
+        return _verdict(self.ok, self.interrupted)
 
     def render(self) -> str:
         """One policy asked for: its :meth:`CheckReport.render`. Several: a head (impl,

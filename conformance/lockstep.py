@@ -247,21 +247,24 @@ class Lockstep:
         a = m.action(name)
         fixed = _without_victims(args)
         given = args.get("demote")
+        if chosen is not None and (self.follow_victims or given is None or given == chosen):
+            full = {**fixed, "demote": chosen}
+            try:  # the common case: one model step, whose guard checks the choice
+                return m.step(s, name, r, **full), full, None
+            except InvalidArgument:
+                pass  # not admissible: reported below
         options = m.victim_options(s, a, r, fixed)
         diff = None
-        if chosen is not None and chosen in options and (self.follow_victims or given is None):
-            use = chosen
-        else:
-            use = given if isinstance(given, tuple) and given in options else options[0]
-            if chosen is not None and chosen not in options:
-                diff = FieldDiff(
-                    "victims", "demote one of " + ", ".join(str(list(v)) for v in options[:4])
-                    + (" ..." if len(options) > 4 else ""),
-                    f"demote {list(chosen)} (read from host pages)")
-            elif chosen is not None and chosen != use:
-                diff = FieldDiff("victims", f"demote {list(use)} (the trace's choice)",
-                                 f"demote {list(chosen)} (read from host pages; both"
-                                 " admissible, but the trace's later steps assume its own)")
+        use = given if isinstance(given, tuple) and given in options else options[0]
+        if chosen is not None and chosen not in options:
+            diff = FieldDiff(
+                "victims", "demote one of " + ", ".join(str(list(v)) for v in options[:4])
+                + (" ..." if len(options) > 4 else ""),
+                f"demote {list(chosen)} (read from host pages)")
+        elif chosen is not None and chosen != use:
+            diff = FieldDiff("victims", f"demote {list(use)} (the trace's choice)",
+                             f"demote {list(chosen)} (read from host pages; both"
+                             " admissible, but the trace's later steps assume its own)")
         full = {**fixed, "demote": use}
         return m.step(s, name, r, **full), full, diff
 
