@@ -8,6 +8,8 @@ model's. Required: the protocol operations and observations below. Optional (che
 ``free_page_ids`` (which makes the page-partition check exact instead of count-based) and
 ``get_page_tiers`` (the tier of each page-table entry, for caches partly on the host), and
 ``write_tokens``/``read_tokens`` (KV contents through the page table: the content oracle).
+Under a policy with ``reserve_context`` (docs/design-space.md) the manager also needs
+``commit_context(req)`` and ``get_reserved_pages(rid)``.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ REQUIRED_METHODS: tuple[str, ...] = (
 REQUIRED_PROPERTIES: tuple[str, ...] = ("num_free_gpu_pages", "num_free_host_pages")
 OPTIONAL_METHODS: tuple[str, ...] = ("is_never_resumed", "check_integrity", "snapshot_state",
                                      "free_page_ids", "get_page_tiers", "write_tokens",
-                                     "read_tokens")
+                                     "read_tokens", "commit_context", "get_reserved_pages")
 
 
 def missing_api(manager: object) -> list[str]:

@@ -14,6 +14,7 @@ import torch
 
 from kvspec.errors import InvalidArgument, InvariantViolation
 
+from . import design
 from .core import ManagerCore
 from .requests import CONTEXT, SUSPENDED, RequestLike
 from .tiering import growth_plan
@@ -21,6 +22,18 @@ from .tiering import growth_plan
 
 def resize_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
                          num_tokens: Sequence[int]) -> list[bool]:
+    """:func:`grow_context_batch`, or under ``reserve_context`` / ``gate_before_resume`` the
+    design's operation per request in list order (:mod:`.design`: reserve, or resume + grow
+    after the decision)."""
+    if not design.active(m):
+        return grow_context_batch(m, reqs, num_tokens)
+    design.validate(m, reqs, num_tokens)  # a batch that raises changes nothing
+    op = design.reserve if m.policy.reserve_context else design.admit
+    return [op(m, r, n, grow_context_batch) for r, n in zip(reqs, num_tokens, strict=True)]
+
+
+def grow_context_batch(m: ManagerCore, reqs: Sequence[RequestLike],
+                       num_tokens: Sequence[int]) -> list[bool]:
     """Grows each context cache to ``max(cap, pos + num_tokens)``, all-or-nothing per request.
 
     Effect per request (docs/protocol.md ``resize_context``): success sets capacity and writes
@@ -101,6 +114,8 @@ def revert_allocate_context_batch(m: ManagerCore,
     ProtocolError for an unknown request; InvalidArgument for a negative snapshot.
     """
     ids = m.ids(reqs)
+    if m.policy.reserve_context:
+        return [design.release(m, r) for r in reqs]
     snaps = [r.py_ctx_pre_resize_cap for r in reqs]
     if any(s is not None and s < 0 for s in snaps):
         raise InvalidArgument(f"py_ctx_pre_resize_cap {snaps[:5]!r} must be None or >= 0")
@@ -173,6 +188,7 @@ def suspend_request_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
     ids = m.ids(reqs)
     if not ids:
         return
+    design.refuse_reserved(m, ids, "suspend_request")
     (rows,) = m.transfer.columns(ids)
     m.require(rows, m.active(rows), ids, "suspend_request needs an ACTIVE cache")
     m.cache.status[rows] = SUSPENDED

@@ -103,6 +103,9 @@ class ManagerCore:
         #: the last suspension stamp handed out (``cache.suspended_at``)
         self.clock = 0
         self.req = RequestMirror(self.num_rows, self.device)
+        #: reserve_context: row -> reserved target capacity; the reserved pages are the tail
+        #: of the row's GPU pages past blocks(capacity) (:mod:`kvspec.gpu_impl.design`)
+        self.reserved: dict[int, int] = {}
         self.gpu = PagePool(config.num_gpu_pages, self.num_rows, width, self.device)
         host_pages = config.num_host_pages if policy.host_tier else 0
         self.host = PagePool(host_pages, self.num_rows, width, torch.device("cpu"))

@@ -13,6 +13,7 @@ import torch
 
 from kvspec.errors import InvalidArgument
 
+from . import design
 from .core import ManagerCore
 from .requests import NO_RECORD, SUSPENDED, RequestLike
 from .tiering import growth_plan, resume_row
@@ -35,6 +36,7 @@ def try_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -
     InvalidArgument for a negative draft_len.
     """
     ids = m.ids(reqs)
+    design.refuse_reserved(m, ids, "try_allocate_generation")
     drafts = [r.draft_len for r in reqs]
     if any(d < 0 for d in drafts):
         raise InvalidArgument(f"draft_len {drafts[:5]!r} must be >= 0")
@@ -92,6 +94,7 @@ def revert_allocate_generation_batch(m: ManagerCore, reqs: Sequence[RequestLike]
     revert consumed it before the check).
     """
     ids = m.ids(reqs)
+    design.refuse_reserved(m, ids, "revert_allocate_generation")
     if not ids:
         return
     (rows,) = m.transfer.columns(ids)
@@ -123,6 +126,7 @@ def update_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike],
     that would pass capacity.
     """
     ids = m.ids(reqs)
+    design.refuse_reserved(m, ids, "update_resources")
     if len(accepted) != len(ids):
         raise InvalidArgument(f"{len(accepted)} accepted counts for {len(ids)} requests")
     drafts = [r.draft_len for r in reqs]
@@ -163,3 +167,5 @@ def free_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
     host_rows = torch.tensor(ids, dtype=torch.int64)
     m.host.shrink(host_rows, torch.zeros_like(host_rows))
     m.cache.clear(rows)
+    for rid in ids:  # a reservation's pages were the row's tail: released above
+        m.reserved.pop(rid, None)

@@ -44,14 +44,15 @@ def check_pool(pool: PagePool, tier: str) -> None:
         fail("owner map marks a free page as owned or the null page as usable")
 
 
-def check_integrity(m: ManagerCore) -> None:
+def check_integrity(m: ManagerCore, extra: torch.Tensor | None = None) -> None:
     """All structural invariants of the manager (raises InvariantViolation naming the first).
 
     INV-CONSERVE per tier (:func:`check_pool`); INV-LEN: committed <= history <= capacity and
     GPU pages + host pages == blocks(capacity) for every cache, empty values for empty slots;
     INV-TIER: an ACTIVE cache has no host page and stamp 0; SUSPENDED caches carry distinct
     positive suspension stamps, none above the manager's clock; committed is 0 without
-    ``commit_on_forward``.
+    ``commit_on_forward``. ``extra``: per row, GPU pages held past blocks(capacity) (the
+    reserved tail under ``reserve_context``).
     """
     check_pool(m.gpu, "GPU")
     check_pool(m.host, "host")
@@ -61,7 +62,8 @@ def check_integrity(m: ManagerCore) -> None:
     if bool((has & ~((0 <= c.committed) & (c.committed <= c.history)
                      & (c.history <= c.capacity))).any()):
         raise InvariantViolation("INV-LEN", "a cache breaks 0 <= committed <= history <= cap")
-    if bool((has & (gcount + hcount != m.blocks(c.capacity))).any()):
+    held = gcount + hcount if extra is None else gcount + hcount - extra
+    if bool((has & (held != m.blocks(c.capacity))).any()):
         raise InvariantViolation("INV-LEN", "a cache holds a page count != blocks(capacity)")
     if bool((has & (c.status != SUSPENDED) & (hcount != 0)).any()):
         raise InvariantViolation("INV-TIER", "an ACTIVE cache has pages on the host tier")

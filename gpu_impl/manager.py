@@ -14,7 +14,7 @@ from kvspec.config import Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 
-from . import context_ops, generation_ops, integrity, row_ops, tiering
+from . import context_ops, design, generation_ops, integrity, row_ops, tiering
 from .core import ManagerCore
 from .kv_store import slot_mapping
 from .pages import expand
@@ -29,7 +29,10 @@ class Manager(ManagerCore):
         policy: protocol switches used here: ``clear_snapshot_on_failure``,
             ``swa_scratch_reuse``, ``host_tier``, ``draft_record_before_resize``,
             ``revert_clears_before_resize``, ``pop_draft_record_on_update``,
-            ``free_branch_rewinds``, ``commit_on_forward``.
+            ``free_branch_rewinds``, ``commit_on_forward``, and the design switches
+            ``reserve_context`` / ``gate_before_resume`` (:mod:`kvspec.gpu_impl.design`;
+            their ``resize_context`` and ``revert_allocate_context`` run per request in the
+            batched and row APIs too).
         device: torch device for the state and KV pool; None -> CUDA if available else CPU.
         kv_width: floats per token in the KV data pools.
         max_pages_per_request: page-table width (default num_gpu_pages, which never limits a
@@ -289,13 +292,25 @@ class Manager(ManagerCore):
         """Page ids of the cache, each of the tier :meth:`get_page_tiers` names: its host
         pages first, then its GPU pages (empty for an empty slot)."""
         row = self.row_id(rid)
-        return self.host.row(row) + self.gpu.row(row)
+        table = self.host.row(row) + self.gpu.row(row)
+        if row in self.reserved:  # the reserved tail is not in the cache yet
+            return table[:len(table) - len(design.reserved_pages(self, row))]
+        return table
 
     def get_page_tiers(self, rid: int) -> tuple[int, ...]:
         """Parallel to :meth:`get_page_table`: 1 for a host page id, 0 for a GPU page id."""
         row = self.row_id(rid)
         h = int(self.host.count[row].item())
-        return (1,) * h + (0,) * int(self.gpu.count[row].item())
+        g = int(self.gpu.count[row].item()) - len(design.reserved_pages(self, row))
+        return (1,) * h + (0,) * g
+
+    def get_reserved_pages(self, rid: int) -> list[int]:
+        """GPU page ids reserved for ``rid`` and not committed (``reserve_context``)."""
+        return design.reserved_pages(self, self.row_id(rid))
+
+    def commit_context(self, req: RequestLike) -> None:
+        """Phase 2 of the two-phase reservation; see :func:`design.commit`."""
+        design.commit(self, req)
 
     @property
     def num_free_gpu_pages(self) -> int:
@@ -320,8 +335,8 @@ class Manager(ManagerCore):
 
     def check_integrity(self) -> None:
         """See :func:`integrity.check_integrity`."""
-        integrity.check_integrity(self)
+        integrity.check_integrity(self, design.extra_pages(self) if self.reserved else None)
 
     def snapshot_state(self) -> tuple[object, ...]:
         """See :func:`integrity.snapshot_state`."""
-        return integrity.snapshot_state(self)
+        return integrity.snapshot_state(self) + (tuple(sorted(self.reserved.items())),)

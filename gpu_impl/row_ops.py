@@ -21,7 +21,7 @@ import torch
 
 from kvspec.errors import InvalidArgument, InvariantViolation
 
-from . import context_ops, generation_ops
+from . import context_ops, design, generation_ops
 from .core import ManagerCore
 from .requests import ACTIVE, CONTEXT, FIELD, NO_RECORD, GpuRequest
 from .row_sets import Rows, passed, row_checks
@@ -177,6 +177,7 @@ def try_allocate_generation_rows(m: ManagerCore, rows: torch.Tensor | list[int],
     pending row checks, 4 writes, the page pops.
     """
     rows, draft = _args(m, rows, (draft, "draft"))
+    design.refuse_reserved(m, rows, "try_allocate_generation")
     k = rows.numel()
     c = m.cache
     mirror = m.req
@@ -206,6 +207,7 @@ def revert_allocate_generation_rows(m: ManagerCore, rows: torch.Tensor | list[in
     pushes.
     """
     (rows,) = _args(m, rows)
+    design.refuse_reserved(m, rows, "revert_allocate_generation")
     k = rows.numel()
     c = m.cache
     if k and k <= m.num_rows:
@@ -245,6 +247,7 @@ def update_resources_rows(m: ManagerCore, rows: torch.Tensor | list[int],
         d = None
     else:
         rows, acc, d = _args(m, rows, (accepted, "accepted"), (draft, "draft"))
+    design.refuse_reserved(m, rows, "update_resources")
     k = rows.numel()
     c = m.cache
     if k and k <= m.num_rows:
@@ -288,7 +291,7 @@ def resize_context_rows(m: ManagerCore, rows: torch.Tensor | list[int],
     k = rows.numel()
     c = m.cache
     mirror = m.req
-    if k and k <= m.num_rows:
+    if k and k <= m.num_rows and not (m.policy.reserve_context or m.policy.gate_before_resume):
         rs, checks = row_checks(m, rows)
         if rs is not None:
             cap = rs.take(c.capacity)

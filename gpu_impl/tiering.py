@@ -44,6 +44,8 @@ def prepare_context(m: ManagerCore, req: RequestLike) -> bool:
         c.never_resumed[rid] = True
         c.draft_record[rid] = NO_RECORD
         m.stamp(m.one(rid))
+    if m.policy.gate_before_resume:
+        return True  # a candidate: resumed after the decision, if it survives (design.admit)
     if int(c.status[rid].item()) == SUSPENDED:
         return resume_row(m, rid)
     return True

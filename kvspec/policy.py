@@ -30,6 +30,8 @@ class Policy:
     pop_draft_record_on_update: bool = True
     free_branch_rewinds: bool = True
     commit_on_forward: bool = True
+    gate_before_resume: bool = False
+    reserve_context: bool = False
 
     def switches(self) -> dict[str, bool]:
         """The boolean switches by field name (no name)."""
@@ -89,9 +91,26 @@ PRESETS: dict[str, Policy] = {
         name="trtllm-2026-05", draft_record_before_resize=True,
         revert_clears_before_resize=True, pop_draft_record_on_update=False,
         free_branch_rewinds=False, commit_on_forward=False),
+    # PR 13805's rejected alternative, "gate delay batching before resume": caches created
+    # for every candidate, delay batching on the candidates, then resume + resize of the
+    # survivors only. Nothing is grown for a deferred request, so nothing is reverted.
+    "gate-before-resume": _PR13805.replace(
+        name="gate-before-resume", revert_deferred_context=False,
+        clear_snapshot_on_failure=True, clear_snapshot_at_iteration_start=True,
+        gate_before_resume=True),
+    # Two-phase reservation (docs/design-space.md): resize_context reserves the new pages
+    # (out of the pool, not in the cache), the decision commits them for the queued batch,
+    # the revert releases them for the dropped and skipped requests; SWA scratch reuse on.
+    "reserve-commit": _PR13805.replace(
+        name="reserve-commit", revert_context_on_skip=True, clear_snapshot_on_failure=True,
+        clear_snapshot_at_iteration_start=True, reserve_context=True),
 }
 
 DEFAULT_PRESETS: tuple[str, ...] = tuple(PRESETS)
+
+DESIGN_PRESETS: tuple[str, ...] = ("gate-before-resume", "reserve-commit")
+"""The design-space presets (docs/design-space.md): not TensorRT-LLM revisions; the torch
+manager's per-preset randomized suites leave them to tests/gpu/test_gpu_design.py."""
 
 
 def get_policy(name: str) -> Policy:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvspec.config import Config
@@ -95,8 +95,14 @@ class ReferenceExecutor:
 
     def __init__(self, config: Config, policy: Policy, *, num_ranks: int = 1, seed: int = 0,
                  enable_recompute_pause: bool = True, adp_timeout_iters: int = 50,
-                 adp_batching_wait_iters: int = 10) -> None:
+                 adp_batching_wait_iters: int = 10,
+                 manager_factory: Callable[[Config, Policy], ReferenceKVCacheManager] | None
+                 = None) -> None:
         """Create the ranks, each with an empty manager.
+
+        ``manager_factory(config, policy)`` builds each rank's manager (default the reference
+        manager); any object with the reference manager's methods works (kvspec.simulate
+        passes the torch manager behind an id-to-slot adapter).
 
         Raises:
             InvalidArgument: ``num_ranks`` < 1, or ``num_ranks`` > 1 without attention DP.
@@ -111,7 +117,8 @@ class ReferenceExecutor:
         self.adp_timeout_iters = adp_timeout_iters
         self.adp_batching_wait_iters = adp_batching_wait_iters
         self._rng = random.Random(seed)
-        self._ranks = [_Rank(ReferenceKVCacheManager(config, policy)) for _ in range(num_ranks)]
+        make = ReferenceKVCacheManager if manager_factory is None else manager_factory
+        self._ranks = [_Rank(make(config, policy)) for _ in range(num_ranks)]
         self._ids: set[int] = set()
         self.iteration = 0
 
@@ -285,6 +292,14 @@ class ReferenceExecutor:
             if n > tokens_left:
                 break
             p.touched.add(rid)
+            if self.policy.gate_before_resume:
+                # the rejected alternative: a candidate (cache created, no GPU work) charged
+                # to the budget; resume + resize only if it survives the decision (_settle)
+                mgr.prepare_context(req)
+                p.ctx.append((req, n))
+                tokens_left -= n
+                slots_left -= 1
+                continue
             need = 0
             if mgr.has_cache(rid):
                 cap = mgr.get_capacity(rid)
@@ -407,6 +422,17 @@ class ReferenceExecutor:
         accepted: list[tuple[int, int]] = []
         if can_queue:
             final_ctx = [] if wait else p.ctx
+            if pol.gate_before_resume:          # the survivors' resume + resize, after the
+                admitted = []                   # decision: a failure takes them out of it
+                for q, n in final_ctx:
+                    if mgr.resize_context(q, q.context_resize_tokens()):
+                        admitted.append((q, n))
+                    else:
+                        p.failed_resize.append(q)
+                final_ctx = admitted
+            if pol.reserve_context:             # phase 2: the queued batch's reservations
+                for q, _ in final_ctx:
+                    mgr.commit_context(q)
             for q, n in final_ctx:
                 q.context_current_position += n
             mgr.update_context_resources([q for q, _ in final_ctx])

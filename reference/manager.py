@@ -40,8 +40,11 @@ class ReferenceKVCacheManager:
 
     Policy switches read here: ``clear_snapshot_on_failure``, ``swa_scratch_reuse``,
     ``host_tier``, ``draft_record_before_resize``, ``revert_clears_before_resize``,
-    ``pop_draft_record_on_update``, ``free_branch_rewinds`` and ``commit_on_forward``; the
-    executor reads the others.
+    ``pop_draft_record_on_update``, ``free_branch_rewinds``, ``commit_on_forward``,
+    ``gate_before_resume`` (prepare only creates; resize_context resumes and grows, all or
+    nothing) and ``reserve_context`` (two-phase reservation: resize_context reserves GPU pages
+    outside the page table, :meth:`commit_context` appends them, revert_allocate_context
+    releases them; docs/design-space.md); the executor reads the others.
 
     NOTE: per-iteration guards of the protocol (prepared/resized/tried this iteration) belong
     to the caller (the executor or the conformance driver); the manager enforces only what
@@ -69,6 +72,9 @@ class ReferenceKVCacheManager:
         self._num_suspended_gpu_pages = 0
         # requests whose pages were demoted since the last pop_demoted() (bounded by the ids)
         self._demoted: dict[int, None] = {}
+        # two-phase reservations (reserve_context): request id -> (target capacity, GPU pages
+        # taken from the pool but not in the page table)
+        self._reservations: dict[int, tuple[int, list[int]]] = {}
         self._util_num = config.max_util_for_resume.numerator
         self._util_den = config.max_util_for_resume.denominator
 
@@ -265,9 +271,48 @@ class ReferenceKVCacheManager:
                     " chunk (position 0) creates one")
             cache = self._caches[req.request_id] = KVCache()
             self._suspended[req.request_id] = cache        # born SUSPENDED, with no pages
+        if self.policy.gate_before_resume:
+            return True                     # a candidate: resumed only if it survives
         if cache.status == SUSPENDED:
             self._resume(req.request_id, cache)
         return cache.status == ACTIVE
+
+    def _admit_fits(self, cache: KVCache, need: int) -> bool:
+        """Whether a resume of ``cache`` (when SUSPENDED) and then ``need`` more GPU pages
+        both succeed, computed on the counts without changing anything (the resume gate,
+        room for its host pages, room for the growth after the recall). O(1)."""
+        free, host_free = self._gpu.num_free_pages, self._host.num_free_pages
+        others = self._num_suspended_gpu_pages
+        if cache.status is SUSPENDED:
+            g = self._gpu.num_pages
+            used = g - free - self.num_evictable_gpu_pages
+            if g > 0 and used * self._util_den > self._util_num * g:
+                return False
+            others -= cache.num_gpu
+            h = cache.num_host
+            short = max(0, h - free)
+            if short and (not self.policy.host_tier or short > host_free or short > others):
+                return False
+            free, host_free, others = free + short - h, host_free - short + h, others - short
+        short = max(0, need - free)
+        return short == 0 or (self.policy.host_tier and short <= host_free and short <= others)
+
+    def _admit(self, req: LlmRequest, cache: KVCache, new: int) -> bool:
+        """``resize_context`` under ``gate_before_resume``: resume a survivor of the decision
+        (if SUSPENDED) and grow it to ``new``; all or nothing."""
+        old = cache.capacity
+        need = self._blocks(new) - len(cache.pages)
+        if not self._admit_fits(cache, need):
+            return False
+        if cache.status is SUSPENDED:
+            resumed = self._resume(req.request_id, cache)
+            assert resumed, "admission checked the resume"
+        if need > self._gpu.num_free_pages:
+            made = self._make_room(need, cache)
+            assert made, "admission checked the room"
+        self._set_capacity(cache, new)
+        req.py_ctx_pre_resize_cap = old if new > old else None
+        return True
 
     def resize_context(self, req: LlmRequest, num_tokens: int) -> bool:
         """Models TRT ``resize_context``: grow to max(capacity, pos + num_tokens).
@@ -297,10 +342,16 @@ class ReferenceKVCacheManager:
                 " chunk)")
         self._require_state(req, RequestState.CONTEXT_INIT, "resize_context")
         cache = self._cache(req, "resize_context")
+        if self.policy.gate_before_resume:
+            return self._admit(req, cache, max(cache.capacity,
+                                               req.context_current_position + num_tokens))
         if cache.status != ACTIVE:
             raise ProtocolError(
                 f"resize_context: request {req.request_id}'s cache is SUSPENDED; call"
                 " prepare_context (which resumes it) and resize only when it returns True")
+        held = self._reservations.get(req.request_id)
+        if held is not None:
+            return self._grow_reservation(req, cache, held, num_tokens)
         old = cache.capacity
         new = max(old, req.context_current_position + num_tokens)
         need = self._blocks(new) - len(cache.pages)
@@ -310,8 +361,81 @@ class ReferenceKVCacheManager:
             if self.policy.clear_snapshot_on_failure:
                 req.py_ctx_pre_resize_cap = None
             return False
+        if self.policy.reserve_context:     # phase 1: out of the pool, not into the cache
+            self._reservations[req.request_id] = (new, self._gpu.allocate_n(need))
+            return True
         self._set_capacity(cache, new)
         req.py_ctx_pre_resize_cap = old if new > old else None
+        return True
+
+    def _grow_reservation(self, req: LlmRequest, cache: KVCache,
+                          held: tuple[int, list[int]], num_tokens: int) -> bool:
+        """``resize_context`` of a request that already holds a reservation: grow it to the
+        larger target (idempotent, like resize_context); a growth that does not fit changes
+        nothing (the reservation is kept, no first-chunk suspend)."""
+        target, pages = held
+        new = max(target, req.context_current_position + num_tokens)
+        need = self._blocks(new) - len(cache.pages) - len(pages)
+        if need > 0:
+            if need > self._gpu.num_free_pages and not self._make_room(need, cache):
+                return False
+            pages = pages + self._gpu.allocate_n(need)
+        self._reservations[req.request_id] = (new, pages)
+        return True
+
+    def commit_context(self, req: LlmRequest) -> None:
+        """Phase 2 of the two-phase reservation (``reserve_context``): the reserved pages join
+        the end of the cache's page table and the capacity becomes the reserved target. The
+        executor calls it for every context request of a queued batch before the forward; a
+        request without a reservation is left as it is. O(reserved pages).
+
+        Raises:
+            ProtocolError: the policy has no reservations, or the cache is not ACTIVE.
+        """
+        if not self.policy.reserve_context:
+            raise ProtocolError(
+                f"commit_context: policy {self.policy.name!r} has reserve_context off;"
+                " resize_context grows the cache itself")
+        entry = self._reservations.get(req.request_id)
+        if entry is None:
+            return
+        cache = self._cache(req, "commit_context")
+        if cache.status != ACTIVE:
+            raise ProtocolError(
+                f"commit_context: request {req.request_id}'s cache is SUSPENDED; a"
+                " reservation is committed only for a request in the queued batch")
+        del self._reservations[req.request_id]
+        target, pages = entry
+        cache.pages.extend(pages)
+        cache.capacity = max(cache.capacity, target)
+
+    def _refuse_reserved(self, reqs: Sequence[LlmRequest], what: str) -> None:
+        """ProtocolError (nothing changed) when one of ``reqs`` holds a reservation: a
+        generation operation or a suspension applies only to a request whose context growth
+        was committed or released."""
+        if not self._reservations:
+            return
+        held = [q.request_id for q in reqs if q.request_id in self._reservations]
+        if held:
+            raise ProtocolError(
+                f"{what}: request(s) {held[:5]} hold a reservation; commit it"
+                " (commit_context) or release it (revert_allocate_context) first")
+
+    def get_reserved_pages(self, rid: int) -> tuple[int, ...]:
+        """GPU page ids reserved for request ``rid`` and not yet committed (empty if none)."""
+        entry = self._reservations.get(rid)
+        return () if entry is None else tuple(entry[1])
+
+    def _release_reservation(self, req: LlmRequest) -> bool:
+        """``revert_allocate_context`` under ``reserve_context``: the reserved pages go back
+        to the pool; the cache was never resized, so nothing is rewound (no SWA assertion can
+        fire); an ACTIVE cache is suspended iff its capacity is > 0, as PR 13805 does."""
+        entry = self._reservations.pop(req.request_id, None)
+        if entry is not None:
+            self._gpu.free_n(entry[1])
+        cache = self._caches.get(req.request_id)
+        if cache is not None and cache.status == ACTIVE and cache.capacity > 0:
+            self._suspend(req.request_id, cache)
         return True
 
     def revert_allocate_context(self, req: LlmRequest) -> bool | None:
@@ -335,6 +459,8 @@ class ReferenceKVCacheManager:
                 ``revert_clears_before_resize``, where the snapshot is already None (the
                 only change).
         """
+        if self.policy.reserve_context:
+            return self._release_reservation(req)
         pre = req.py_ctx_pre_resize_cap
         clears_first = self.policy.revert_clears_before_resize
         if clears_first:
@@ -419,6 +545,7 @@ class ReferenceKVCacheManager:
         Raises:
             ProtocolError: ``req`` is not generating or has no cache.
         """
+        self._refuse_reserved([req], "try_allocate_generation")
         if req.state is not _GENERATION:
             self._require_state(req, _GENERATION, "try_allocate_generation")
         rid = req.request_id
@@ -469,6 +596,7 @@ class ReferenceKVCacheManager:
                 ``revert_clears_before_resize``, where the record is already popped (the only
                 change).
         """
+        self._refuse_reserved([req], "revert_allocate_generation")
         rid = req.request_id
         if self.policy.revert_clears_before_resize:
             rec = self._allocated_draft_lens.pop(rid, None)
@@ -506,6 +634,7 @@ class ReferenceKVCacheManager:
             ProtocolError: a request is not generating, has no cache or a SUSPENDED one.
             InvariantViolation: ``INV-LEN``: the trimmed capacity would be below the history.
         """
+        self._refuse_reserved(reqs, "update_resources")
         if len(reqs) != len(accepted):
             raise InvalidArgument(
                 f"update_resources: {len(reqs)} requests but {len(accepted)} accepted counts;"
@@ -566,6 +695,7 @@ class ReferenceKVCacheManager:
         Raises:
             ProtocolError: no cache, or the cache is already SUSPENDED.
         """
+        self._refuse_reserved([req], "suspend_request")
         cache = self._cache(req, "suspend_request")
         if cache.status != ACTIVE:
             raise ProtocolError(
@@ -636,6 +766,9 @@ class ReferenceKVCacheManager:
             ProtocolError: no cache (a double free).
         """
         cache = self._cache(req, "free_resources")
+        entry = self._reservations.pop(req.request_id, None)
+        if entry is not None:
+            self._gpu.free_n(entry[1])
         self._release(req.request_id, cache)
 
     # ------------------------------------------------------------------------------------
@@ -746,7 +879,16 @@ class ReferenceKVCacheManager:
 
     def check_integrity(self) -> None:
         """Verify every structural invariant; see :func:`integrity.check_integrity`."""
-        check_integrity(self.config, self._gpu, self._host, self._caches,
+        caches: dict[int, KVCache] = dict(self._caches)
+        for rid, (_, pages) in self._reservations.items():  # reserved pages are held too
+            if rid not in self._caches:
+                raise InvariantViolation(
+                    "INV-CONSERVE", f"request {rid} holds a reservation without a cache")
+            held = KVCache()
+            held.status, held.pages = ACTIVE, list(pages)
+            held.capacity = len(pages) * self._tpb
+            caches[-1 - rid] = held
+        check_integrity(self.config, self._gpu, self._host, caches,
                         self._num_suspended_gpu_pages, self._suspended)
 
     def snapshot_state(self) -> StateSnapshot:
@@ -758,4 +900,5 @@ class ReferenceKVCacheManager:
             tuple(sorted(self._allocated_draft_lens.items())),
             self._num_suspended_gpu_pages,
             tuple(self._suspended),
+            tuple((rid, t, tuple(p)) for rid, (t, p) in sorted(self._reservations.items())),
         )

@@ -132,6 +132,14 @@ def gen_revert_due(c: Ctx, s: State, q: Req) -> Term:
                   o.not_(q.gen_reverted), o.not_(s.can_queue))
 
 
+def counted(c: Ctx, q: Req) -> Term:
+    """Whether the delay-batching decision counts ``q`` in its batch: a resized context
+    request (admission known), or under ``gate_before_resume`` every nominated one."""
+    if c.policy.gate_before_resume:
+        return c.o.and_(q.prepared, q.phase == CONTEXT, q.has_cache)
+    return q.resized
+
+
 def in_final_batch(c: Ctx, q: Req) -> Term:
     """Whether ``q`` is forwarded when can_queue: resized and kept, or grown for generation."""
     o = c.o
@@ -183,6 +191,8 @@ def _prepared(c: Ctx, s: State, r: int) -> State:
 
 
 def _prepare_demand(c: Ctx, s: State, r: int) -> Term:
+    if c.policy.gate_before_resume:
+        return 0
     s0 = _prepared(c, s, r)
     return c.o.ite(s0.reqs[r].status == SUSPENDED, resume_demand(c, s0, r), 0)
 
@@ -191,9 +201,16 @@ def _prepare_demand(c: Ctx, s: State, r: int) -> Term:
                 demand=_prepare_demand, returns=True, atomic_on_false=True)
 def prepare_context(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
     """Models TRT ``prepare_context``: create the cache on a first chunk, resume if suspended
-    (implicit eviction may demote ``demote`` pages of other suspended caches)."""
+    (implicit eviction may demote ``demote`` pages of other suspended caches).
+
+    Under ``gate_before_resume`` (PR 13805's rejected alternative) it only nominates the
+    request: the cache is created on a first chunk (no GPU work), nothing is resumed, and it
+    returns True; resume and resize come after the delay-batching decision.
+    """
     o = c.o
     s0 = _prepared(c, s, r)
+    if c.policy.gate_before_resume:
+        return Outcome(s0, True)
     ok, s1 = resume(c, s0, r, demote)
     s2 = merge(o, s0.reqs[r].status == SUSPENDED, s1, s0)
     return Outcome(s2, s2.reqs[r].status == ACTIVE)
@@ -202,8 +219,12 @@ def prepare_context(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome
 def _g_resize_context(c: Ctx, s: State, r: int) -> Term:
     q = s.reqs[r]
     o = c.o
+    if c.policy.gate_before_resume:  # only the survivors of the decision, in a queued batch
+        return o.and_(s.stage == SETTLE, s.can_queue, q.phase == CONTEXT, q.prepared,
+                      q.kept, q.has_cache, o.not_(q.resized), o.not_(q.resize_failed))
     return o.and_(s.stage == SCHEDULE, q.phase == CONTEXT, q.prepared, q.has_cache,
-                  q.status == ACTIVE, o.not_(q.resized), o.not_(q.resize_failed))
+                  q.status == ACTIVE, o.not_(q.resized), o.not_(q.resize_failed),
+                  q.reserved == 0 if c.policy.reserve_context else True)
 
 
 def _resize_plan(c: Ctx, s: State, r: int) -> tuple[Term, Term, Term, Term]:
@@ -215,9 +236,47 @@ def _resize_plan(c: Ctx, s: State, r: int) -> tuple[Term, Term, Term, Term]:
     return new_cap, need, fits, shortfall
 
 
+def _admit_plan(c: Ctx, s: State, r: int) -> tuple[Term, Term, Term, Term, Term]:
+    """(was ACTIVE, succeeds, new capacity, pages needed, pages demoted) of the survivors'
+    resume + resize under ``gate_before_resume``: a resume when suspended (its own
+    eviction), then the growth's, counted on the pool as the resume leaves it;
+    all-or-nothing."""
+    o, q = c.o, s.reqs[r]
+    was_active = q.status == ACTIVE
+    gate_ok, room_ok, short1 = resume_plan(c, s, r)
+    live = o.or_(was_active, o.and_(gate_ok, room_ok))
+    short1 = o.ite(was_active, 0, short1)
+    recalled = o.ite(was_active, 0, q.host_pages)
+    new_cap = o.max(q.capacity, context_target(c, q))
+    need = o.blocks(new_cap) - o.blocks(q.capacity)
+    fits, short2 = room(c, need, s.gpu_free + short1 - recalled, s.host_free - short1 + recalled,
+                        room_evictable(c, s, r) - short1)
+    ok = o.and_(live, fits)
+    return was_active, ok, new_cap, need, o.ite(ok, short1 + short2, 0)
+
+
 def _resize_demand(c: Ctx, s: State, r: int) -> Term:
+    if c.policy.gate_before_resume:
+        return _admit_plan(c, s, r)[4]
     _, _, fits, shortfall = _resize_plan(c, s, r)
     return c.o.ite(fits, shortfall, 0)
+
+
+def _admit(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
+    """``resize_context`` under ``gate_before_resume``: resume (if suspended) and grow a
+    survivor of the decision; a failure of either changes nothing but the mark."""
+    o, q = c.o, s.reqs[r]
+    was_active, ok, new_cap, need, _ = _admit_plan(c, s, r)
+    failed = with_req(s, r, q._replace(resize_failed=True))
+    s0 = demote_pages(c, s, demote)
+    q0 = s0.reqs[r]
+    recalled = o.ite(was_active, 0, q0.host_pages)
+    grown = with_req(s0, r, q0._replace(
+        status=ACTIVE, never_resumed=o.and_(was_active, q0.never_resumed), host_pages=0,
+        capacity=new_cap, snapshot=o.ite(new_cap > q0.capacity, q0.capacity, NONE),
+        snap_fresh=True, resized=True))._replace(
+        gpu_free=s0.gpu_free - recalled - need, host_free=s0.host_free + recalled)
+    return Outcome(merge(o, ok, grown, failed), ok)
 
 
 @ACTIONS.action(guard=_g_resize_context, params=(DEMOTE,),
@@ -230,13 +289,25 @@ def resize_context(c: Ctx, s: State, r: int, demote: Sequence[Term]) -> Outcome:
     room for the demoted pages) is short, and then changes nothing but this: a first chunk
     is suspended; the snapshot is cleared only under ``clear_snapshot_on_failure`` (PR 13805
     left it: review finding 1).
+
+    Under ``reserve_context`` (two-phase reservation) the new pages are reserved for the
+    request, not added to its cache: capacity and snapshot stay, ``reserved`` holds them
+    until the decision commits them (kept, queued) or the revert releases them. Under
+    ``gate_before_resume`` it runs after the decision, on a survivor: resume and resize in
+    one all-or-nothing call (:func:`_admit`).
     """
     o, p, q = c.o, c.policy, s.reqs[r]
+    if p.gate_before_resume:
+        return _admit(c, s, r, demote)
     new_cap, need, ok, _ = _resize_plan(c, s, r)
     s1 = demote_pages(c, s, demote)
-    grown = with_req(s1, r, q._replace(
-        capacity=new_cap, snapshot=o.ite(new_cap > q.capacity, q.capacity, NONE),
-        snap_fresh=True, resized=True))._replace(gpu_free=s1.gpu_free - need)
+    if p.reserve_context:  # phase 1 of the two-phase reservation: pages out of the pool only
+        grown = with_req(s1, r, q._replace(reserved=need, resized=True))._replace(
+            gpu_free=s1.gpu_free - need)
+    else:
+        grown = with_req(s1, r, q._replace(
+            capacity=new_cap, snapshot=o.ite(new_cap > q.capacity, q.capacity, NONE),
+            snap_fresh=True, resized=True))._replace(gpu_free=s1.gpu_free - need)
     failed = with_req(s, r, q._replace(
         status=o.ite(q.pos == 0, SUSPENDED, q.status),
         snapshot=NONE if p.clear_snapshot_on_failure else q.snapshot,
@@ -417,7 +488,7 @@ def _g_decide(c: Ctx, s: State, r: int, wait: Term, can_queue: Term) -> Term:
         may_wait = s.batch_wait_iters < k.batch_wait_timeout_iters
     else:
         may_wait = False
-    batch_empty = o.not_(o.or_(*[o.or_(o.and_(q.resized, o.not_(wait)), q.gen_grown)
+    batch_empty = o.not_(o.or_(*[o.or_(o.and_(counted(c, q), o.not_(wait)), q.gen_grown)
                                  for q in s.reqs]))
     may_skip = o.or_(k.attention_dp, c.abstract_rest, batch_empty)
     return o.and_(s.stage == SCHEDULE, o.or_(o.not_(wait), may_wait),
@@ -428,14 +499,34 @@ def _g_decide(c: Ctx, s: State, r: int, wait: Term, can_queue: Term) -> Term:
     Param("wait", kind="bool"), Param("can_queue", kind="bool")))
 def decide(c: Ctx, s: State, r: int, wait: Term, can_queue: Term) -> Outcome:
     """Delay batching (batch waiting or ADP balance defers every context request: D) and the
-    ``can_queue`` decision; SCHEDULE -> SETTLE."""
-    o, k = c.o, c.config
+    ``can_queue`` decision; SCHEDULE -> SETTLE.
+
+    Its input is the context requests :func:`counted` (the resized ones; the nominated ones
+    under ``gate_before_resume``): with ``wait`` they are dropped, else kept. BUDGET-CONSISTENT
+    is violated when it counts one that is not admitted: its resume and resize have not
+    returned True and would not succeed on the pool as it is now.
+    Under ``reserve_context`` the kept requests' reservations are committed to their caches
+    when the batch is queued (phase 2); the others stay reserved until their revert.
+    """
+    o, k, p = c.o, c.config, c.policy
     counter = s.batch_wait_iters
     if k.batch_waiting_enabled and not k.attention_dp:
         counter = o.ite(wait, counter + 1, 0)
-    reqs = tuple(q._replace(dropped=o.and_(q.resized, wait)) for q in s.reqs)
-    return Outcome(s._replace(reqs=reqs, stage=SETTLE, can_queue=can_queue, waited=wait,
-                              batch_wait_iters=counter))
+    reqs = []
+    pending: list[Term] = []
+    for r, q in enumerate(s.reqs):
+        n = counted(c, q)
+        if p.gate_before_resume:  # counted before admission: does it fit the pool right now?
+            pending.append(o.and_(n, o.not_(q.resized), o.not_(_admit_plan(c, s, r)[1])))
+        q1 = q._replace(dropped=o.and_(n, wait), kept=o.and_(n, o.not_(wait)))
+        if p.reserve_context:
+            commit = o.and_(q.resized, o.not_(wait), can_queue)
+            q1 = merge(o, commit, q1._replace(
+                capacity=o.max(q.capacity, context_target(c, q)), reserved=0), q1)
+        reqs.append(q1)
+    return Outcome(s._replace(reqs=tuple(reqs), stage=SETTLE, can_queue=can_queue, waited=wait,
+                              batch_wait_iters=counter,
+                              v_budget=o.or_(s.v_budget, *pending)))
 
 
 def _g_revert_allocate_context(c: Ctx, s: State, r: int) -> Term:
@@ -467,6 +558,8 @@ def revert_allocate_context(c: Ctx, s: State, r: int) -> Outcome:
     is violated then).
     """
     o, p, q = c.o, c.policy, s.reqs[r]
+    if p.reserve_context:
+        return _release(c, s, r)
     pre = q.snapshot
     consumed = pre != NONE
     acts = o.and_(consumed, q.has_cache, q.status == ACTIVE, pre < q.capacity)
@@ -498,6 +591,16 @@ def revert_allocate_context(c: Ctx, s: State, r: int) -> Outcome:
         v_suspend_precap=o.or_(s.v_suspend_precap, precap_bad),
         v_atomic=o.or_(s.v_atomic, atomic_bad))
     return Outcome(s1, o.not_(free_branch) if p.free_branch_rewinds else True)
+
+
+def _release(c: Ctx, s: State, r: int) -> Outcome:
+    """``revert_allocate_context`` under ``reserve_context``: release the reservation of a
+    dropped (or skipped) request; its cache is not resized, so nothing is rewound. The cache
+    is suspended iff its capacity (its pre-resize capacity) is > 0, as PR 13805 does."""
+    o, q = c.o, s.reqs[r]
+    new_q = q._replace(reserved=0, ctx_reverted=True, status=o.ite(
+        o.and_(q.has_cache, q.capacity > 0), SUSPENDED, q.status))
+    return Outcome(with_req(s, r, new_q)._replace(gpu_free=s.gpu_free + q.reserved), True)
 
 
 def _g_revert_allocate_generation(c: Ctx, s: State, r: int) -> Term:
@@ -575,22 +678,28 @@ def _g_end_iteration(c: Ctx, s: State, r: int) -> Term:
     if (s.stage == SETTLE) is False:  # concrete reading: skip the O(slots) part
         return False
     unforwarded = o.or_(*[o.and_(in_final_batch(c, q), o.not_(q.ran)) for q in s.reqs])
+    if c.policy.gate_before_resume:  # every survivor's admission has been tried
+        unforwarded = o.or_(unforwarded, *[o.and_(q.kept, o.not_(q.resized),
+                                                  o.not_(q.resize_failed)) for q in s.reqs])
     return o.and_(s.stage == SETTLE, o.not_(reverts_pending(c, s)),
                   o.not_(o.and_(s.can_queue, unforwarded)))
 
 
 @ACTIONS.action(guard=_g_end_iteration, per_request=False)
 def end_iteration(c: Ctx, s: State, r: int) -> Outcome:
-    """Iteration end and next start: check NO-DEFERRED-HOLD and GEN-EXACTLY-ONCE, reset the
-    per-iteration marks, clear snapshots under ``clear_snapshot_at_iteration_start``."""
+    """Iteration end and next start: check NO-DEFERRED-HOLD, GEN-EXACTLY-ONCE and
+    DECISION-IS-ADMISSION, reset the per-iteration marks, clear snapshots under
+    ``clear_snapshot_at_iteration_start``."""
     o, p = c.o, c.policy
     hold_bad: list[Term] = []
     gen_bad: list[Term] = []
+    decision_bad: list[Term] = []
     reqs = []
     for q in s.reqs:
         now = pinned(o, q, p.host_tier)
         hold_bad.append(o.and_(q.resized, o.not_(q.ran), now > q.pinned_start))
         gen_bad.append(q.gen_outstanding)
+        decision_bad.append(o.and_(s.can_queue, q.kept, o.not_(q.ran)))
         reset = q._replace(**{m: False for m in ITERATION_MARKS})
         reset = reset._replace(
             snapshot=NONE if p.clear_snapshot_at_iteration_start else q.snapshot,
@@ -599,5 +708,6 @@ def end_iteration(c: Ctx, s: State, r: int) -> Outcome:
     s1 = s._replace(
         reqs=tuple(reqs), stage=SCHEDULE, can_queue=True, waited=False,
         v_deferred_hold=o.or_(s.v_deferred_hold, *hold_bad),
-        v_gen_once=o.or_(s.v_gen_once, *gen_bad))
+        v_gen_once=o.or_(s.v_gen_once, *gen_bad),
+        v_decision=o.or_(s.v_decision, *decision_bad))
     return Outcome(s1)

@@ -74,6 +74,12 @@ def _any_revert(p: Policy) -> bool:
     return p.revert_deferred_context or p.revert_context_on_skip or p.rollback_failed_resize
 
 
+def _shrinks_context(p: Policy) -> bool:
+    """Whether a revert can shrink a context cache: some revert on, growth in the cache
+    (the two-phase reservation releases reserved pages and shrinks nothing)."""
+    return _any_revert(p) and not p.reserve_context
+
+
 def _flag(field: str) -> Callable[[Ctx, State], Term]:
     return lambda c, s: c.o.not_(getattr(s, field))
 
@@ -114,7 +120,7 @@ PROPERTIES: tuple[Property, ...] = (
         "a revert consumes a snapshot",
         lambda c, a, b: _any(c, b, lambda r: c.o.and_(
             _newly(c, a, b, r, "ctx_reverted"), a.reqs[r].snapshot != NONE)),
-        _any_revert),
+        _shrinks_context),
     Property(
         "REVERT-FLOOR", "revert_lands_exactly_on_pre_cap",
         "A SHRINK revert lands exactly on the snapshot, never below it, never below history.",
@@ -123,7 +129,7 @@ PROPERTIES: tuple[Property, ...] = (
         lambda c, a, b: _any(c, b, lambda r: c.o.and_(
             _newly(c, a, b, r, "ctx_reverted"), b.reqs[r].has_cache,
             b.reqs[r].capacity < a.reqs[r].capacity)),
-        _any_revert),
+        _shrinks_context),
     Property(
         "SUSPEND-PRECAP", "revert_suspends_only_if_pre_cap_positive",
         "A SHRINK revert suspends the cache iff the snapshot is > 0.",
@@ -151,7 +157,7 @@ PROPERTIES: tuple[Property, ...] = (
         lambda c, a, b: _any(c, b, lambda r: c.o.and_(
             a.reqs[r].phase == CONTEXT, b.reqs[r].has_cache,
             b.reqs[r].capacity < a.reqs[r].capacity)),
-        lambda p: p.swa_scratch_reuse and _any_revert(p)),
+        lambda p: p.swa_scratch_reuse and _shrinks_context(p)),
     Property(
         "NO-DEFERRED-HOLD", "deferred_request_pins_no_new_pages",
         "At iteration end a context request that resize_context grew but that did not run pins "
@@ -159,7 +165,9 @@ PROPERTIES: tuple[Property, ...] = (
         _flag("v_deferred_hold"),
         "a grown context request does not run",
         lambda c, a, b: c.o.and_(a.stage == SETTLE, b.stage != SETTLE, _any(
-            c, a, lambda r: c.o.and_(a.reqs[r].resized, c.o.not_(a.reqs[r].ran))))),
+            c, a, lambda r: c.o.and_(a.reqs[r].resized, c.o.not_(a.reqs[r].ran)))),
+        # under the gate only the queued survivors grow, and they run: vacuous by design
+        lambda p: not p.gate_before_resume),
     Property(
         "RESUME-GATE", "resume_only_below_max_util",
         "resume succeeds only if GPU utilization <= max_util_for_resume at call time.",
@@ -168,6 +176,26 @@ PROPERTIES: tuple[Property, ...] = (
         lambda c, a, b: _any(c, b, lambda r: c.o.and_(
             _newly(c, a, b, r, "prepared"), b.reqs[r].has_cache,
             b.reqs[r].status == SUSPENDED))),
+    Property(
+        "DECISION-IS-ADMISSION", "kept_context_request_is_forwarded",
+        "Every context request that delay batching keeps in an iteration whose batch is queued "
+        "(can_queue) is forwarded in that iteration: no resume or resize failure after the "
+        "decision takes it out.",
+        _flag("v_decision"),
+        "delay batching keeps a context request in a queued batch",
+        lambda c, a, b: c.o.and_(a.stage != SETTLE, b.stage == SETTLE, b.can_queue, _any(
+            c, b, lambda r: b.reqs[r].kept))),
+    Property(
+        "BUDGET-CONSISTENT", "decision_counts_only_admitted_requests",
+        "Every context request the scheduler pass counts against the iteration's token and "
+        "page budget, up to and including the delay-batching decision, is admitted when it is "
+        "counted: its resume and resize returned True, or (a design that counts first) they "
+        "would succeed on the pool as it is then. No budget decision counts a request that "
+        "cannot run.",
+        _flag("v_budget"),
+        "the decision counts a context request",
+        lambda c, a, b: c.o.and_(a.stage != SETTLE, b.stage == SETTLE, _any(
+            c, b, lambda r: c.o.or_(b.reqs[r].kept, b.reqs[r].dropped)))),
 )
 
 PROPERTY_IDS: tuple[str, ...] = tuple(p.id for p in PROPERTIES)

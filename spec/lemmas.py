@@ -171,14 +171,19 @@ def grown_context_holds_target(c: Ctx, s: State, q: Req) -> Term:
     return o.implies(
         o.and_(q.resized, o.not_(q.ran), o.not_(q.ctx_reverted)),
         o.and_(q.phase == CONTEXT, q.has_cache, q.status == ACTIVE, q.host_pages == 0,
-               q.capacity >= context_target(c, q)))
+               # with reservations the growth is in ``reserved`` until the decision commits it
+               o.or_(q.capacity >= context_target(c, q),
+                     o.and_(q.capacity == q.pos, o.not_(o.and_(q.kept, s.can_queue))))
+               if c.policy.reserve_context else q.capacity >= context_target(c, q)))
 
 
 @per_request
 def grown_context_snapshot_is_pos(c: Ctx, s: State, q: Req) -> Term:
     o = c.o
-    return o.implies(o.and_(q.resized, o.not_(q.ran), o.not_(q.ctx_reverted)),
-                     o.and_(q.snapshot == q.pos, q.snap_fresh))
+    grown = o.and_(q.resized, o.not_(q.ran), o.not_(q.ctx_reverted))
+    if c.policy.reserve_context:  # reservations write no snapshot
+        return o.implies(grown, q.snapshot == NONE)
+    return o.implies(grown, o.and_(q.snapshot == q.pos, q.snap_fresh))
 
 
 @per_request
@@ -291,8 +296,11 @@ def context_and_generation_exclusive(c: Ctx, s: State, q: Req) -> Term:
 @per_request
 def grown_context_capacity_is_target(c: Ctx, s: State, q: Req) -> Term:
     o = c.o
-    return o.implies(o.and_(q.resized, o.not_(q.ran), o.not_(q.ctx_reverted)),
-                     q.capacity == context_target(c, q))
+    grown = o.and_(q.resized, o.not_(q.ran), o.not_(q.ctx_reverted))
+    if c.policy.reserve_context:
+        committed = o.and_(q.kept, s.can_queue)
+        return o.implies(grown, q.capacity == o.ite(committed, context_target(c, q), q.pos))
+    return o.implies(grown, q.capacity == context_target(c, q))
 
 
 
@@ -302,6 +310,72 @@ def grown_generation_covers_record(c: Ctx, s: State, q: Req) -> Term:
     return o.implies(o.and_(q.gen_grown, o.not_(q.gen_reverted), o.not_(q.ran)),
                      o.and_(q.draft_record == q.draft_len, q.has_cache, q.status == ACTIVE,
                             q.host_pages == 0, q.capacity >= q.history + 1 + q.draft_len))
+
+
+# ---- the design space of PR 13805 (reservations, the decision's kept set) ------------------
+
+
+@per_request
+def reservation_covers_growth(c: Ctx, s: State, q: Req) -> Term:
+    """A grown, unrun, unreverted context request holds in ``reserved`` exactly the pages its
+    cache still lacks for the chunk (0 once committed, and always 0 without reservations)."""
+    o = c.o
+    pending = o.and_(q.resized, o.not_(q.ctx_reverted), o.not_(q.ran))
+    lacks = o.blocks(o.max(q.capacity, context_target(c, q))) - o.blocks(q.capacity)
+    return o.and_(q.reserved >= 0, q.reserved == o.ite(pending, lacks, 0))
+
+
+@per_request
+def grown_context_is_active(c: Ctx, s: State, q: Req) -> Term:
+    o = c.o
+    return o.implies(
+        o.and_(q.resized, o.not_(q.ran), o.not_(q.ctx_reverted)),
+        o.and_(q.phase == CONTEXT, q.has_cache, q.status == ACTIVE, q.host_pages == 0))
+
+
+@per_request
+def reserved_capacity_is_pos(c: Ctx, s: State, q: Req) -> Term:
+    return c.o.implies(q.reserved > 0, q.capacity == q.pos)
+
+
+@per_request
+def kept_after_decision(c: Ctx, s: State, q: Req) -> Term:
+    """The decision's kept set: counted, not dropped, resized unless the gate runs first."""
+    o = c.o
+    admitted = True if c.policy.gate_before_resume else q.resized
+    return o.implies(q.kept, o.and_(s.stage == SETTLE, q.prepared, o.not_(q.dropped),
+                                    admitted))
+
+
+@per_request
+def kept_queued_is_not_reverted(c: Ctx, s: State, q: Req) -> Term:
+    return c.o.implies(c.o.and_(q.kept, s.can_queue), c.o.not_(q.ctx_reverted))
+
+
+@per_request
+def decided_resized_is_kept_or_dropped(c: Ctx, s: State, q: Req) -> Term:
+    o = c.o
+    return o.implies(o.and_(s.stage == SETTLE, q.resized), o.or_(q.kept, q.dropped))
+
+
+@per_request
+def kept_queued_is_committed(c: Ctx, s: State, q: Req) -> Term:
+    return c.o.implies(c.o.and_(q.kept, s.can_queue), q.reserved == 0)
+
+
+@per_request
+def gate_resized_is_kept(c: Ctx, s: State, q: Req) -> Term:
+    """Under ``gate_before_resume`` only survivors of a queued batch are resized."""
+    if not c.policy.gate_before_resume:
+        return True
+    o = c.o
+    return o.implies(o.or_(q.resized, q.resize_failed),
+                     o.and_(q.kept, s.can_queue, s.stage == SETTLE))
+
+
+@per_request
+def no_kept_mark_while_scheduling(c: Ctx, s: State, q: Req) -> Term:
+    return c.o.implies(s.stage == SCHEDULE, c.o.not_(q.kept))
 
 
 LEMMAS: tuple[Lemma, ...] = tuple(LEMMAS_LIST)

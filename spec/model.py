@@ -25,9 +25,10 @@ ATOMIC_FIELDS = ("capacity", "history", "committed", "pos", "draft_record")
 
 
 def transition(c: Ctx, action: Action, s: State, r: int, args: Mapping[str, Term]) -> Outcome:
-    """Apply ``action``'s effect (guard not checked) and the INV-ATOMIC ghost check."""
+    """Apply ``action``'s effect (guard not checked) and the INV-ATOMIC ghost check (which
+    has nothing to add, and is skipped, when the action concretely returned True)."""
     out = action.effect(c, s, r, **args)
-    if not action.atomic_on_false:
+    if not action.atomic_on_false or (out.result is True and isinstance(out.state.v_atomic, bool)):
         return out
     o = c.o
     before, after = s.reqs[r], out.state.reqs[r]

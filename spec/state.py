@@ -5,6 +5,11 @@ capacities (:func:`gpu_pages`, :func:`pinned`); the free counts are stored so th
 checks every action's page accounting. ``None`` (no snapshot, no draft record) is encoded as
 :data:`NONE` = -1 so that z3 needs no option type. Fields marked *ghost* exist only to state
 invariants (history variables); implementations are never asked for them.
+
+Importing this module replaces ``_replace`` on :class:`Req` and :class:`State` (class
+attributes, for every importer) with a faster one built by :func:`_replacer`: the same result
+type, values and ``ValueError`` for an unknown field name as the namedtuple method, at about
+half the cost (``tests/spec/test_walker_speed.py`` checks the equality).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Req(NamedTuple):
     committed: Term = 0
     snapshot: Term = NONE  # py_ctx_pre_resize_cap
     draft_record: Term = NONE  # _allocated_draft_lens[rid]
+    reserved: Term = 0  # GPU pages reserved for the next chunk, not yet in the page table
     # per-iteration marks (the executor's sets S_ctx_sched, D, S_gen, ...)
     prepared: Term = False
     resized: Term = False
@@ -54,6 +60,7 @@ class Req(NamedTuple):
     ctx_reverted: Term = False
     gen_reverted: Term = False
     ran: Term = False
+    kept: Term = False  # delay batching kept it (it was in the decision's input, no wait)
     # ghosts
     snap_fresh: Term = False  # the snapshot was written by a success in this iteration
     gen_outstanding: Term = False  # generation growth neither trimmed nor reverted yet
@@ -87,6 +94,8 @@ class State(NamedTuple):
     v_swa_rewind: Term = False
     v_deferred_hold: Term = False
     v_resume_gate: Term = False
+    v_decision: Term = False  # a kept context request of a queued batch did not run
+    v_budget: Term = False  # a decision counted a request whose admission was not known
 
 
 REQ_BOOL_FIELDS = frozenset(
@@ -95,7 +104,32 @@ STATE_BOOL_FIELDS = frozenset(
     name for name, default in State._field_defaults.items() if isinstance(default, bool))
 GHOST_REQ_FIELDS = ("snap_fresh", "gen_outstanding", "pinned_start")
 ITERATION_MARKS = ("prepared", "resized", "resize_failed", "gen_tried", "gen_grown", "dropped",
-                   "ctx_reverted", "gen_reverted", "ran")
+                   "ctx_reverted", "gen_reverted", "ran", "kept")
+
+
+def _replacer(cls: type) -> Any:
+    """A ``_replace`` for the record class ``cls`` with the namedtuple one's result and
+    errors, at about half its cost: every guard, effect and merge builds records with it
+    (the generic one pops every field name from the keywords, through two Python frames)."""
+    position = {name: i for i, name in enumerate(cls._fields)}  # type: ignore[attr-defined]
+    new = tuple.__new__
+
+    def _replace(self: Any, /, **changes: Any) -> Any:
+        values = list(self)
+        try:
+            for name, value in changes.items():
+                values[position[name]] = value
+        except KeyError:
+            raise ValueError(
+                f"Got unexpected field names: {[n for n in changes if n not in position]!r}"
+            ) from None
+        return new(type(self), values)
+
+    return _replace
+
+
+Req._replace = _replacer(Req)  # type: ignore[method-assign]
+State._replace = _replacer(State)  # type: ignore[method-assign]
 
 
 def merge(o: Ops, cond: Term, a: Any, b: Any) -> Any:
@@ -119,8 +153,9 @@ def with_req(s: State, r: int, q: Req) -> State:
 
 
 def gpu_pages(o: Ops, q: Req) -> Term:
-    """GPU pages held by the cache of ``q``: its pages not on the host tier."""
-    return o.ite(q.has_cache, o.blocks(q.capacity) - q.host_pages, 0)
+    """GPU pages held by the cache of ``q``: its pages not on the host tier, plus the pages
+    reserved for it (two-phase reservation, ``reserve_context``)."""
+    return o.ite(q.has_cache, o.blocks(q.capacity) - q.host_pages + q.reserved, 0)
 
 
 def host_held(o: Ops, q: Req) -> Term:
@@ -131,7 +166,8 @@ def host_held(o: Ops, q: Req) -> Term:
 def pinned(o: Ops, q: Req, host_tier: bool) -> Term:
     """GPU pages ``q`` pins: those of an ACTIVE cache, and those no lower tier can take."""
     holds = q.status == ACTIVE if host_tier else True
-    return o.ite(o.and_(q.has_cache, holds), o.blocks(q.capacity) - q.host_pages, 0)
+    return o.ite(o.and_(q.has_cache, holds), o.blocks(q.capacity) - q.host_pages + q.reserved,
+                 0)
 
 
 def evictable_pages(o: Ops, q: Req, host_tier: bool) -> Term:

@@ -642,6 +642,8 @@ _DEFAULT_CONFIG = Config()
 _CONFIG_KINDS: dict[str, type] = {f.name: type(getattr(_DEFAULT_CONFIG, f.name))
                                   for f in dataclasses.fields(Config)}
 _SWITCHES: tuple[str, ...] = tuple(Policy().switches())
+_ADDED_SWITCHES: tuple[str, ...] = ("gate_before_resume", "reserve_context")
+"""Switches a trace may omit (read as off): added after the trace format was fixed."""
 
 
 def _json_type(v: Any) -> str:
@@ -747,6 +749,9 @@ def _policy(v: Any, at: str) -> Policy:
     if unknown:
         raise InvalidArgument(f"{at}: unknown policy switch(es) {', '.join(map(repr, unknown))};"
                               f" known: {', '.join(_SWITCHES)}")
+    # switches added after traces were first written (issue 11's design switches): a file
+    # written before them has them off, which is what it meant; every other one is required
+    v = {**{s: False for s in _ADDED_SWITCHES if s not in v}, **v}
     missing = [s for s in _SWITCHES if s not in v]
     if missing:
         raise InvalidArgument(f"{at}: policy lacks switch(es) {', '.join(missing)}; every switch"

@@ -237,6 +237,9 @@ class Lockstep:
         return n + (q.draft_len if q.context_current_position + n == q.prompt_len else 0)
 
     def _forward_context(self, fwd: list[int]) -> None:
+        if self.policy.reserve_context:  # phase 2 of the reservation (docs/design-space.md)
+            self.call(f"commit_context{fwd}", lambda i: [
+                i.mgr.commit_context(i.reqs[r]) for r in fwd])
         for impl in self.impls:
             ns = []
             for r in fwd:

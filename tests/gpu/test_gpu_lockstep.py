@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kvspec.config import Config
-from kvspec.policy import PRESETS, Policy
+from kvspec.policy import DESIGN_PRESETS, PRESETS, Policy
 from kvspec.reference import GPU_TIER, KVCache, LlmRequest, ReferenceKVCacheManager, RequestState
 
-POLICIES = sorted(PRESETS)
+POLICIES = sorted(set(PRESETS) - set(DESIGN_PRESETS))  # those: test_gpu_design.py
 SMALL = Config(tokens_per_block=2, num_gpu_pages=7, num_host_pages=4, num_requests=4,
                max_prompt_len=7, max_draft_len=2, max_util_for_resume=0.9, max_rewind_len=3)
 

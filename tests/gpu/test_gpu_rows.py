@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from kvspec.config import Config
 from kvspec.errors import InvalidArgument, KVSpecError, ProtocolError
 from kvspec.gpu_impl import GpuRequest, Manager
-from kvspec.policy import PRESETS
+from kvspec.policy import DESIGN_PRESETS, PRESETS
 
-POLICIES = sorted(PRESETS)
+POLICIES = sorted(set(PRESETS) - set(DESIGN_PRESETS))  # those: test_gpu_design.py
 SMALL = Config(tokens_per_block=2, num_gpu_pages=9, num_host_pages=4, num_requests=5,
                max_prompt_len=9, max_draft_len=3, max_util_for_resume=1, max_rewind_len=3)
 
