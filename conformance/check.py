@@ -26,6 +26,7 @@ from typing import Any
 from kvspec.config import Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import PRESETS, Policy, get_policy
+from kvspec.spec.coverage import Coverage
 from kvspec.spec.trace import Step, Trace
 
 from .adapter import Factory, resolve_factory
@@ -209,6 +210,15 @@ class CheckReport:
         (sorted): the policy breaks them, and the implementation matched each one."""
         return sorted(set().union(*(t.model_violations for t in self.tiers)))
 
+    @property
+    def coverage(self) -> Coverage:
+        """The tiers' coverage merged: branches reached, witnesses hit, configs, steps."""
+        return Coverage.merged(t.coverage for t in self.tiers)
+
+    def coverage_lines(self) -> list[str]:
+        """The coverage summary and a warning per branch or witness never reached."""
+        return ["  " + ln for ln in self.coverage.lines()]
+
     def model_violation_lines(self) -> list[str]:
         """One line naming the model's own violations ([] when there were none)."""
         ids = self.model_violations
@@ -230,6 +240,7 @@ class CheckReport:
                  f"{', strict' if self.strict else ''}: {self.verdict}"]
         lines.extend(config_lines(self.config, self.configs))
         lines.extend(self.tier_lines())
+        lines.extend(self.coverage_lines())
         lines.extend(self.model_violation_lines())
         lines.extend(self.interrupt_lines())
         div = self.divergence_lines()
@@ -320,7 +331,9 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
             latch.check()
             ci = w % len(configs)
             config = configs[ci]
-            lock = Lockstep(factory, config, policy, impl_name=impl_name, strict=strict)
+            lock = Lockstep(factory, config, policy, impl_name=impl_name, strict=strict,
+                            coverage=res.coverage)
+            res.coverage.ran(policy, (config,))
             div = lock.initial_divergence()
             plan = (Swarm.draw(lock.model, random.Random(f"{seed}:{w}:swarm:{policy.name}"))
                     if swarm else Swarm())
@@ -333,6 +346,8 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
                     break
                 div = lock.step(*nxt)
                 res.steps += 1
+            if div is None:
+                div = lock.flush()  # the walk's last batch of forwards
             res.runs += 1  # completed walks (an interrupted one counts its steps only)
             res.model_violations.update(lock.violated)
             merge(res.warnings, lock.warnings, f"walker run {w + 1} (run seed '{seed}:{w}')"
@@ -447,7 +462,9 @@ def hypothesis_tier(factory: Factory, config: Config | Sequence[Config], policy:
 
         machine = make_machine(factory, configs, policy, impl_name=impl_name,
                                on_example_end=example_done, before_step=latch.check,
-                               strict=strict, warnings=found_warnings, targets=targets)
+                               strict=strict, warnings=found_warnings, targets=targets,
+                               coverage=res.coverage, model_violations=res.model_violations)
+        res.coverage.ran(policy, configs)
         if seed is not None:
             machine._hypothesis_internal_use_seed = seed
         kw: dict[str, object] = {}
@@ -760,6 +777,11 @@ class MultiCheckReport:
         """The first policy's divergence (each report holds its own)."""
         return next((r.divergence for r in self.reports if r.divergence is not None), None)
 
+    @property
+    def coverage(self) -> Coverage:
+        """Every policy's coverage merged."""
+        return Coverage.merged(r.coverage for r in self.reports)
+
     def report(self, policy: str) -> CheckReport:
         """The report of ``policy`` (KeyError when it did not run)."""
         for r in self.reports:
@@ -810,6 +832,7 @@ class MultiCheckReport:
             lines.append(line)
         for p in self.not_run:
             lines.append(f"  {p:<{width}}not run (interrupted)")
+        lines.extend("  " + ln for ln in self.coverage.lines())
         for r in self.reports:
             lines.extend(r.model_violation_lines())
         ok = sum(1 for r in self.reports if r.ok)

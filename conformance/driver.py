@@ -7,7 +7,8 @@ Implementations never import the model; this module is the only mapping between 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,14 +73,19 @@ class Driver:
             ``free_resources``: a double free and a free of an unknown id; after each
             ``suspend_request``: a second suspend); each must raise :class:`ProtocolError`
             and change nothing, what else happened is in ``StepOutcome.misuse``.
+        batch_forward: a ``forward`` step writes its KV but its update call waits; the
+            lockstep sends the iteration's forwards as one batch (:meth:`flush_forwards`).
     """
 
     def __init__(self, manager: Any, config: Config, policy: Policy, *,
-                 probe_misuse: bool = True) -> None:
+                 probe_misuse: bool = True, batch_forward: bool = False) -> None:
         self.manager = manager
         self.config = config
         self.policy = policy
         self.probe_misuse = probe_misuse
+        # forwards waiting to be sent as one batch (slot, accepted), see flush_forwards
+        self.batch_forward = batch_forward
+        self.pending: list[tuple[int, int]] = []
         n = config.num_requests
         self.reqs: list[LlmRequest | None] = [None] * n
         # executor-side marks for the properties conformance checks itself; maintained by
@@ -99,6 +105,9 @@ class Driver:
         self.tags: list[list[int]] = [[] for _ in range(n)]
         self._nonce = 0
         self._never_resumed = callable(getattr(manager, "is_never_resumed", None))
+        # misuse probe "stale free after reuse": per freed slot (not refilled since), the
+        # request object and the GPU page ids it held when freed
+        self.freed: dict[int, tuple[LlmRequest, frozenset[int]]] = {}
         self._ops: dict[str, Callable[..., StepOutcome]] = {
             "arrive": self._arrive, "prepare_context": self._prepare_context,
             "resize_context": self._resize_context,
@@ -144,6 +153,7 @@ class Driver:
     def _arrive(self, r: int, prompt_len: int, chunk_size: int, draft_len: int) -> StepOutcome:
         self.reqs[r] = LlmRequest(request_id=r, prompt_len=prompt_len,
                                   context_chunk_size=chunk_size, draft_len=draft_len)
+        self.freed.pop(r, None)  # the id is live again: a free of it is no longer stale
         self._reset_slot(r)
         return StepOutcome()
 
@@ -153,15 +163,38 @@ class Driver:
         self.tags[r] = []
 
     def _prepare_context(self, r: int) -> StepOutcome:
-        return StepOutcome(result=_result(self.manager.prepare_context(self._req(r))))
+        return self._grown(r, self.manager.prepare_context(self._req(r)))
 
     def _resize_context(self, r: int) -> StepOutcome:
         req = self._req(r)
-        return StepOutcome(result=_result(self.manager.resize_context(
-            req, req.context_resize_tokens())))
+        return self._grown(r, self.manager.resize_context(req, req.context_resize_tokens()))
 
     def _try_allocate_generation(self, r: int) -> StepOutcome:
-        return StepOutcome(result=_result(self.manager.try_allocate_generation(self._req(r))))
+        return self._grown(r, self.manager.try_allocate_generation(self._req(r)))
+
+    def _grown(self, r: int, value: Any) -> StepOutcome:
+        """The outcome of a call that may take GPU pages for slot ``r``; when a freed slot's
+        old pages are now in ``r``'s table, the stale-free probe runs (once per free)."""
+        if not (self.probe_misuse and self.freed and value):
+            return StepOutcome(result=_result(value))
+        table = frozenset(self._gpu_pages(r))
+        found: list[MisuseFinding] = []
+        for q, (old, pages) in list(self.freed.items()):
+            if pages & table:
+                del self.freed[q]
+                found.extend(_misuse.after_reuse(self, old, r))
+        return StepOutcome(result=_result(value), misuse=tuple(found))
+
+    def _gpu_pages(self, r: int) -> list[int]:
+        """Slot ``r``'s GPU page ids (every entry without ``get_page_tiers``)."""
+        m = self.manager
+        if not m.has_cache(r):
+            return []
+        table = m.get_page_table(r)
+        tiers = getattr(m, "get_page_tiers", None)
+        if not callable(tiers):
+            return list(table)
+        return [p for p, t in zip(table, tiers(r)) if t == 0]
 
     def _suspend_request(self, r: int) -> StepOutcome:
         req = self._req(r)
@@ -169,7 +202,7 @@ class Driver:
         return StepOutcome(misuse=_misuse.after_suspend(self, req) if self.probe_misuse else ())
 
     def _resume_request(self, r: int) -> StepOutcome:
-        return StepOutcome(result=_result(self.manager.resume_request(self._req(r))))
+        return self._grown(r, self.manager.resume_request(self._req(r)))
 
     def _evict_to_host(self, r: int) -> StepOutcome:
         ok = self.manager.evict_to_host(self._req(r))
@@ -178,7 +211,10 @@ class Driver:
 
     def _free_resources(self, r: int) -> StepOutcome:
         req = self._req(r)
+        held = frozenset(self._gpu_pages(r)) if self.probe_misuse else frozenset()
         self.manager.free_resources(req)
+        if held:
+            self.freed[r] = (req, held)
         req.state = RequestState.GENERATION_COMPLETE
         self.reqs[r] = None
         self._reset_slot(r)
@@ -197,7 +233,13 @@ class Driver:
     # ---- decision and SETTLE stage ------------------------------------------------------
 
     def _decide(self, r: int, wait: bool, can_queue: bool) -> StepOutcome:
-        return StepOutcome()  # executor bookkeeping only; the manager is not involved
+        # executor bookkeeping, except phase 2 of the two-phase reservation (reserve_context):
+        # the queued batch's reservations are committed (a request without one is left alone)
+        if self.policy.reserve_context and can_queue and not wait:
+            for req in self.reqs:
+                if req is not None and req.state == RequestState.CONTEXT_INIT:
+                    self.manager.commit_context(req)
+        return StepOutcome()
 
     def _revert_allocate_context(self, r: int) -> StepOutcome:
         value = self.manager.revert_allocate_context(self._req(r))
@@ -218,25 +260,52 @@ class Driver:
         self.tags[r] = self.tags[r][:start] + tags
 
     def _forward(self, r: int, accepted: int) -> StepOutcome:
+        """The forward pass writes slot ``r``'s KV (content tags); with ``batch_forward``
+        the update calls wait in :attr:`pending` for :meth:`flush_forwards`."""
         req = self._req(r)
         if self.contents:
             if req.state == RequestState.CONTEXT_INIT:
                 self._write_tags(r, req.context_current_position, req.num_context_tokens())
             else:
                 self._write_tags(r, int(self.manager.get_history(r)), 1 + accepted)
-        if req.state == RequestState.CONTEXT_INIT:
-            old = req.context_current_position
-            req.context_current_position = old + req.num_context_tokens()
-            try:
-                self.manager.update_context_resources([req])
-            except BaseException:
-                req.context_current_position = old
-                raise
+        if self.batch_forward:
+            self.pending.append((r, accepted))
+        else:
+            self._update([(r, accepted)])
+        return StepOutcome()
+
+    def flush_forwards(self, seed: str) -> list[tuple[int, int]]:
+        """Issue the pending forwards as one batch, as an executor does: one
+        ``update_context_resources`` call with every context request and one
+        ``update_resources`` call with every generation request and its own accepted count,
+        each list in an order shuffled by ``seed`` (reproducible). Returns the (slot,
+        accepted) pairs in the order sent. A call that raises rolls back the driver's request
+        positions and propagates (the lockstep reports it)."""
+        batch, self.pending = self.pending, []
+        random.Random(seed).shuffle(batch)
+        self._update(batch)
+        return batch
+
+    def _update(self, batch: Sequence[tuple[int, int]]) -> None:
+        ctx = [self._req(r) for r, _ in batch
+               if self._req(r).state == RequestState.CONTEXT_INIT]
+        gen = [(self._req(r), a) for r, a in batch
+               if self._req(r).state != RequestState.CONTEXT_INIT]
+        old = [req.context_current_position for req in ctx]
+        for req in ctx:
+            req.context_current_position += req.num_context_tokens()
+        try:
+            if ctx:
+                self.manager.update_context_resources(ctx)
+        except BaseException:
+            for req, pos in zip(ctx, old):
+                req.context_current_position = pos
+            raise
+        for req in ctx:
             if req.context_current_position == req.prompt_len:
                 req.state = RequestState.GENERATION_IN_PROGRESS
-        else:
-            self.manager.update_resources([req], [accepted])
-        return StepOutcome()
+        if gen:
+            self.manager.update_resources([q for q, _ in gen], [a for _, a in gen])
 
     def _end_iteration(self, r: int) -> StepOutcome:
         if self.policy.clear_snapshot_at_iteration_start:
@@ -351,6 +420,13 @@ def structure(driver: Driver, *, per_step: bool = False) -> list[str]:
                 out.append(f"{'host' if tier else 'GPU'} page {page} held by slot {r} and by"
                            f" slot {held[tier][page]}")
             held[tier][page] = r
+    reserved_fn = getattr(m, "get_reserved_pages", None)  # reserve_context: held, no table
+    if callable(reserved_fn):
+        for r in range(k.num_requests):
+            for page in reserved_fn(r):
+                if page in held[0] or not 1 <= page <= totals[0]:
+                    out.append(f"slot {r}: reserved GPU page {page} out of range or held twice")
+                held[0][page] = r
     if per_step:
         out.extend(_moved_pages(driver.tables, tables))
         driver.tables = tables

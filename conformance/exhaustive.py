@@ -7,11 +7,15 @@ interchangeable (every action treats them alike), so a state's key sorts its req
 Sticky ghost violation flags are dropped from the key (no guard reads them). Each state keeps
 the path of its BFS parent plus one step, so paths are shortest. Replay covers every path by
 replaying only the BFS tree's leaves: every state's path is a prefix of some leaf's path and
-lockstep compares after every step.
+lockstep compares after every step. A transition into a state already seen (a free that
+returns to the empty state, a suspend/resume cycle) is on no tree path: each such *closing
+edge* is replayed as its source's path plus the edge, so every transition of the reachable
+graph is replayed at least once.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from kvspec.config import SMALL_SCOPE, Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
+from kvspec.spec.invariants import get_property
 from kvspec.spec.model import Model
 from kvspec.spec.state import State
 from kvspec.spec.trace import Step
@@ -46,11 +51,14 @@ class ExhaustiveResult:
     (``bounded_reason`` says by what). ``interrupted``: a ``KeyboardInterrupt`` stopped it in
     ``interrupted_in`` (``"bfs"``: the counts are the states found so far and nothing was
     replayed; ``"replay"``: ``replayed_paths`` of ``leaf_paths`` were replayed).
+    ``leaf_paths``: the paths to replay, the BFS tree's leaves plus ``closing_edges`` (each
+    transition into an already-seen state, replayed as its source's path plus itself).
     ``warnings``: the first tolerated misuse of each kind (:mod:`~kvspec.conformance.misuse`)
     over the replayed paths; ``strict``: the replay ran with ``strict=True``.
     ``divergence_depth``: the smallest BFS depth at which a replayed path diverged (its
-    ``Divergence.index``; every replayed path is a BFS-tree path, so its first k steps are a
-    shortest path to the model state they reach); None without a divergence."""
+    ``Divergence.index``; every replayed path is a BFS-tree path, or one plus a closing edge,
+    so its first k steps are a shortest path to the model state, or the transition, they
+    reach); None without a divergence."""
 
     policy: str
     config: Config
@@ -67,6 +75,7 @@ class ExhaustiveResult:
     divergences: list[Divergence] = field(default_factory=list)
     impl: str = ""
     leaf_paths: int = 0
+    closing_edges: int = 0
     interrupted: bool = False
     interrupted_in: str = ""
     warnings: list[MisuseFinding] = field(default_factory=list)
@@ -93,14 +102,16 @@ class ExhaustiveResult:
             f"  config: {render_config(self.config)}",
             f"exhaustive {self.policy}: {self.states} states, {self.behaviours} behaviours,"
             f" {self.transitions} transitions, depth {self.max_depth}{b};"
-            f" replayed {self.replayed_paths} leaf paths / {self.replayed_steps} steps in"
+            f" replayed {self.replayed_paths} of {self.leaf_paths} paths"
+            f" ({self.leaf_paths - self.closing_edges} leaves + {self.closing_edges} closing"
+            f" edges) / {self.replayed_steps} steps in"
             f" {self.seconds:.2f} s (BFS {self.bfs_seconds:.2f} s)"]
         if self.interrupted_in == "bfs":
             lines.append(f"interrupted after {self.states} states of the BFS (depth"
                          f" {self.max_depth}); nothing was replayed")
         elif self.interrupted_in == "replay":
             lines.append(f"interrupted after replaying {self.replayed_paths} of"
-                         f" {self.leaf_paths} leaf paths ({self.replayed_steps} steps)")
+                         f" {self.leaf_paths} paths ({self.replayed_steps} steps)")
         if self.divergence_depth is not None:
             lines.append(f"divergence at BFS depth {self.divergence_depth}: a shortest path to"
                          " the state where it diverges")
@@ -179,6 +190,7 @@ def _explore(fac: Factory, policy: Policy, config: Config, res: ExhaustiveResult
     has_child: set[State] = set()
     depth_of = {canonical(init): 0}
     queue: deque[tuple[State, State]] = deque([(init, canonical(init))])
+    closing: list[tuple[State, Step]] = []
     popped = 0
     d = 0
     try:
@@ -198,6 +210,7 @@ def _explore(fac: Factory, policy: Policy, config: Config, res: ExhaustiveResult
                 nxt = m.step(s, name, r, **args).state._replace(**_CLEAR)
                 k2 = canonical(nxt)
                 if k2 in parent:
+                    closing.append((key, Step(name, r, dict(args))))
                     continue
                 if len(parent) >= max_states:
                     res.bounded, res.bounded_reason = True, f"{max_states} states reached"
@@ -214,14 +227,15 @@ def _explore(fac: Factory, policy: Policy, config: Config, res: ExhaustiveResult
     res.states = res.behaviours = len(parent)
     res.max_depth = max(depth_of.values())
     res.bfs_seconds = time.perf_counter() - t0
-    res.leaf_paths = len(parent) - len(has_child)
+    res.closing_edges = len(closing)
+    res.leaf_paths = len(parent) - len(has_child) + len(closing)
     if replay and not res.interrupted:
+        paths = itertools.chain(
+            (_path(parent, leaf) for leaf in parent if leaf not in has_child),
+            (_path(parent, src) + [step] for src, step in closing))
         try:
-            for leaf in parent:
-                if leaf in has_child:
-                    continue
+            for path in paths:
                 latch.check()
-                path = _path(parent, leaf)
                 found: list[MisuseFinding] = []
                 div = run_steps(fac, config, policy, path, impl_name=res.impl,
                                 check_structure=True, probe_misuse=True, strict=res.strict,
@@ -246,6 +260,43 @@ def _explore(fac: Factory, policy: Policy, config: Config, res: ExhaustiveResult
         except KeyboardInterrupt:
             res.interrupted, res.interrupted_in = True, "replay"
     res.seconds = time.perf_counter() - t0
+
+
+def shortest_violation(policy: Policy, config: Config, property_id: str, *,
+                       max_states: int = 200_000) -> tuple[list[Step] | None, int]:
+    """A shortest model behaviour that violates ``property_id`` under ``policy``/``config``,
+    by BFS over the symmetry-reduced states (the model's own violation, no implementation),
+    and the number of states visited; (None, states) when no reachable state within
+    ``max_states`` violates it.
+
+    Cost: O(states x enabled steps) model steps plus one property check per transition.
+
+    Raises:
+        InvalidArgument: config outside the small scope, a bad ``max_states`` or an unknown
+            property id.
+    """
+    _check_scope(config)
+    if isinstance(max_states, bool) or not isinstance(max_states, int) or max_states < 1:
+        raise InvalidArgument(f"shortest_violation: max_states={max_states!r} must be an"
+                              " integer >= 1")
+    prop = get_property(property_id)
+    m = Model(config, policy)
+    init = m.initial()
+    parent: dict[State, tuple[State | None, Step | None]] = {canonical(init): (None, None)}
+    queue: deque[tuple[State, State]] = deque([(init, canonical(init))])
+    while queue:
+        s, key = queue.popleft()
+        for name, r, args in m.enabled_steps(s):
+            nxt = m.step(s, name, r, **args).state
+            if not prop.check(m.ctx, nxt):
+                return _path(parent, key) + [Step(name, r, dict(args))], len(parent)
+            nxt = nxt._replace(**_CLEAR)
+            k2 = canonical(nxt)
+            if k2 in parent or len(parent) >= max_states:
+                continue
+            parent[k2] = (key, Step(name, r, dict(args)))
+            queue.append((nxt, k2))
+    return None, len(parent)
 
 
 def _path(parent: dict[State, tuple[State | None, Step | None]], key: State) -> list[Step]:

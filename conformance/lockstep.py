@@ -5,30 +5,32 @@ counts, the structural checks of :func:`~kvspec.conformance.driver.structure`, t
 probes of the driver, and "the same violation": the set of invariant ids the model's ghost
 flags newly set at this step against the ids the implementation raised
 (:class:`~kvspec.errors.InvariantViolation`, state unchanged) or
-:func:`~kvspec.conformance.detect.observe_step` detected.
+:func:`~kvspec.conformance.detect.observe_step` detected. Each step's observation is built
+once (:func:`~kvspec.conformance.observe.observe`) and compared with the model's step by one
+pure function (:func:`~kvspec.conformance.observe.compare`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
 
 from kvspec.config import Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
+from kvspec.spec.coverage import Coverage
 from kvspec.spec.model import Model
 from kvspec.spec.registry import Outcome
 from kvspec.spec.state import State
 from kvspec.spec.trace import Step, Trace, with_digests
 
 from .adapter import Factory, make_manager
-from .detect import FLAG_IDS, observe_step
+from .detect import FLAG_IDS
 from .driver import OBS_FIELDS, Driver, Observation, abstract, structure
 from .driver import F as _F
-from .misuse import EXPECTED as _MISUSE_EXPECTED
 from .misuse import MisuseFinding
+from .observe import Expected, compare, diff_fields, observe, observe_batch, show
 from .report import Divergence, FieldDiff
 
 _FLAGS = tuple(FLAG_IDS)
@@ -67,21 +69,9 @@ def render_observation(obs: Observation) -> str:
     for r, q in enumerate(obs[0]):
         if is_empty_slot(q):
             continue
-        parts.append(f"r{r}{{" + " ".join(f"{n}={_show(n, v)}" for n, v in zip(OBS_FIELDS, q))
+        parts.append(f"r{r}{{" + " ".join(f"{n}={show(n, v)}" for n, v in zip(OBS_FIELDS, q))
                      + "}")
     return (" ".join(parts) or "(no requests)") + f" gpu_free={obs[1]} host_free={obs[2]}"
-
-
-def _show(name: str, v: Any) -> str:
-    if name in ("snapshot", "draft_record") and v == -1:
-        return "None"
-    if name == "phase":
-        return ("DONE", "CONTEXT", "GENERATION")[v] if v in (0, 1, 2) else str(v)
-    if name == "status":
-        return ("ACTIVE", "SUSPENDED")[v] if v in (0, 1) else str(v)
-    if isinstance(v, bool) or name in ("has_cache", "never_resumed"):
-        return "n/a" if v == -2 else str(bool(v))
-    return str(v)
 
 
 class Lockstep:
@@ -104,6 +94,16 @@ class Lockstep:
             warning) is a divergence; without it the first warning of each kind is kept in
             ``warnings`` and the run goes on. A misuse that changed the state is a divergence
             either way.
+        coverage: when given, each model transition is counted into it (branches taken,
+            witnesses hit: :class:`~kvspec.spec.coverage.Coverage`).
+        batch_forward: consecutive ``forward`` steps reach the manager as one batch, as an
+            executor sends them: one ``update_context_resources`` and one
+            ``update_resources`` call with every request of the batch and its own accepted
+            count, in a shuffled order (seeded by the step index: a replay of the same steps
+            sends the same batches). The model steps them one by one; the two sides are
+            compared once the batch is sent, at the next non-forward step, at
+            :meth:`flush` or :meth:`final_check` (a batch is the same as its requests one
+            by one). False: each forward is sent alone.
 
     Raises:
         InvalidArgument: the factory's manager lacks the adapter API.
@@ -112,12 +112,17 @@ class Lockstep:
     def __init__(self, factory: Factory, config: Config, policy: Policy, *,
                  check_structure: bool = True, probe_misuse: bool = True,
                  impl_name: str = "", model: Model | None = None, strict: bool = False,
-                 follow_victims: bool = True) -> None:
+                 follow_victims: bool = True, coverage: Coverage | None = None,
+                 batch_forward: bool = True) -> None:
         self.config, self.policy, self.impl_name = config, policy, impl_name
+        self.coverage = coverage
+        # the forwards sent to the model but not yet to the manager: (slot, args, model
+        # violations, model state before the step)
+        self._batch: list[tuple[int, dict[str, Any], frozenset[str], State]] = []
         self.model = model if model is not None else Model(config, policy)
         self.state = self.model.initial()
         self.driver = Driver(make_manager(factory, config, policy), config, policy,
-                             probe_misuse=probe_misuse)
+                             probe_misuse=probe_misuse, batch_forward=batch_forward)
         self.check_structure = check_structure
         self._mask = not self.driver._never_resumed
         self._init_error: BaseException | None = None
@@ -146,7 +151,7 @@ class Lockstep:
         except Exception as exc:  # noqa: BLE001 - an observation that raises is a finding
             return self._divergence(0, "initial state", [_raised(exc)], exp, self.state,
                                     self.obs, impl_result=_raised_text(exc))
-        diffs = _diff_obs(exp, self.obs) + [FieldDiff("structure", "[]", m) for m in msgs]
+        diffs = diff_fields(exp, self.obs) + [FieldDiff("structure", "[]", m) for m in msgs]
         return self._divergence(0, "initial state", diffs, exp, self.state, self.obs) \
             if diffs else None
 
@@ -160,6 +165,10 @@ class Lockstep:
         args = {} if args is None else args
         m = self.model
         before_state = self.state
+        if self._batch and name != "forward":
+            div = self.flush()  # the batch goes out before the executor's next call
+            if div is not None:
+                return div
         try:
             evicts = m.action(name).demand is not None
             if evicts:
@@ -173,19 +182,21 @@ class Lockstep:
         except InvalidArgument as exc:
             raise StepRejected(str(exc)) from None
         before = self.obs
-        diffs: list[FieldDiff] = []
         d = self.driver
         impl_args = _without_victims(args)
         try:
             outcome = d.apply(name, r, impl_args)
-            after = abstract(d)
+            staged = bool(d.pending)  # a forward waiting for its batch: observed then
+            got = None if staged else observe(d, name, r, impl_args, outcome, before,
+                                              check_structure=self.check_structure)
         except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
             if evicts:
                 out, args, _ = self._model_step_with_victims(before_state, name, r, args, None)
             self._advance(out, name, r, args)
             return self._crash(name, r, args, exc, before_state)
-        if evicts:
-            chosen = _victims_chosen(before, after, r)
+        diffs: list[FieldDiff] = []
+        if evicts and got is not None:
+            chosen = _victims_chosen(before, got.fields, r)
             if outcome.raised is not None or (not outcome.result and not any(chosen)):
                 chosen_or_none = None  # a refusal chose nothing: the result tells
             else:
@@ -195,45 +206,29 @@ class Lockstep:
             if victim_diff is not None:
                 diffs.append(victim_diff)
         new_state, model_new, expected_result = self._advance(out, name, r, args)
-        try:
-            found = observe_step(d, name, r, impl_args, outcome, before, after)
-            struct = structure(d, per_step=True) if self.check_structure else ()
-        except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
-            return self._crash(name, r, args, exc, before_state)
-        self.obs = after
+        if self.coverage is not None:
+            self.coverage.add(m.ctx, name, r, before_state, out.state, expected_result)
+        if got is None:  # a staged forward: compared when its batch is sent
+            self._batch.append((r, impl_args, model_new, before_state))
+            # pending: the batch's comparison confirms them (a mismatch is a divergence)
+            self.last_model_violations = self.last_impl_violations = model_new
+            return None
+        self.obs = got.fields
         self.last_model_violations = model_new
-        self.last_impl_violations = found
-        exp = model_observation(new_state, self._mask)
-        returns = m.action(name).returns
-        if outcome.raised is not None:
-            pass  # a refusal returns nothing; the violation and the unchanged state count
-        elif returns and outcome.result != expected_result:
-            diffs.append(FieldDiff("result", str(expected_result), str(outcome.result)))
-        elif name == "evict_to_host" and outcome.result is False:
-            diffs.append(FieldDiff("result", "None (evicted)", "False (host tier refused)"))
-        if found != model_new:
-            shown = _ids(found)
-            if outcome.raised is not None:
-                shown += f" (raised InvariantViolation: {outcome.raised})"
-            diffs.append(FieldDiff("violations", _ids(model_new), shown))
-        if exp != after:
-            diffs.extend(_diff_obs(exp, after))
-        for finding in outcome.misuse:
-            finding = replace(finding, step=len(self.steps))
-            if finding.failure or self.strict:
-                diffs.append(FieldDiff("misuse", _MISUSE_EXPECTED,
-                                       f"{finding.kind}: {finding.action}: {finding.detail}"))
-            elif all(w.kind != finding.kind for w in self.warnings):
-                self.warnings.append(finding)
-        if struct:
-            diffs.extend(FieldDiff("structure", "[]", msg) for msg in struct)
+        self.last_impl_violations = got.violated
+        exp = Expected(name, model_observation(new_state, self._mask), model_new,
+                       expected_result, m.action(name).returns)
+        found, tolerated = compare(exp, got, step=len(self.steps), strict=self.strict)
+        diffs.extend(found)
+        self._tolerate(tolerated)
         if diffs:
             if outcome.raised is not None:
-                got = _raised_text(outcome.raised)
+                shown = _raised_text(outcome.raised)
             else:
-                got = f"-> {outcome.result}" if returns or outcome.result is not None else ""
-            return self._divergence(len(self.steps), self._call(name, r, args), diffs, exp,
-                                    before_state, after, impl_result=got)
+                shown = f"-> {outcome.result}" if exp.returns or outcome.result is not None \
+                    else ""
+            return self._divergence(len(self.steps), self._call(name, r, args), diffs,
+                                    exp.fields, before_state, got.fields, impl_result=shown)
         return None
 
     def _model_step_with_victims(self, s: State, name: str, r: int, args: dict[str, Any],
@@ -284,9 +279,44 @@ class Lockstep:
         self.steps.append(Step(name, r, dict(args), expected_result))
         return new_state, model_new, expected_result
 
-    def final_check(self) -> Divergence | None:
-        """Structural checks once more (for runs with ``check_structure=False``); a manager
+    def flush(self) -> Divergence | None:
+        """Send the pending batch of forwards (see ``batch_forward``) and compare; None when
+        nothing is pending or the two sides agree. A divergence is reported at the batch's
+        last step."""
+        if not self._batch:
+            return None
+        batch, self._batch = self._batch, []
+        d, before = self.driver, self.obs
+        last = batch[-1]
+        label = "forward batch [" + ", ".join(
+            self._call("forward", r, args) for r, args, _, _ in batch) + "]"
+        try:
+            sent = d.flush_forwards(f"{len(self.steps)}:{[r for r, *_ in batch]}")
+            got = observe_batch(d, [(r, args) for r, args, _, _ in batch], before,
+                                check_structure=self.check_structure)
+        except Exception as exc:  # noqa: BLE001 - an implementation bug is a finding
+            return self._crash_at(label, exc, last[3])
+        self.obs = got.fields
+        model_new = frozenset().union(*(v for _, _, v, _ in batch))
+        self.last_model_violations, self.last_impl_violations = model_new, got.violated
+        exp = Expected("forward", model_observation(self.state, self._mask), model_new,
+                       None, False)
+        diffs, tolerated = compare(exp, got, step=len(self.steps), strict=self.strict)
+        self._tolerate(tolerated)
+        if not diffs:
+            return None
+        order = ", ".join(f"r={r}" for r, _ in sent)
+        return self._divergence(len(self.steps), f"{label} (sent in the order {order})",
+                                diffs, exp.fields, last[3], got.fields)
+
+    def final_check(self, *, flush: bool = True) -> Divergence | None:
+        """Send a pending batch of forwards (unless ``flush`` is False) and compare, then the
+        structural checks once more (for runs with ``check_structure=False``); a manager
         whose observations raise here is a divergence too."""
+        if flush:
+            div = self.flush()
+            if div is not None:
+                return div
         try:
             msgs = structure(self.driver)
         except Exception as exc:  # noqa: BLE001 - an observation that raises is a finding
@@ -301,18 +331,27 @@ class Lockstep:
 
     # ---- helpers ---------------------------------------------------------------------------
 
+    def _tolerate(self, findings: list[MisuseFinding]) -> None:
+        """Keep the first tolerated misuse finding of each kind."""
+        for finding in findings:
+            if all(w.kind != finding.kind for w in self.warnings):
+                self.warnings.append(finding)
+
     def _call(self, name: str, r: int, args: dict[str, Any]) -> str:
         return Step(name, r, args).call(self.model.action(name).per_request)
 
     def _crash(self, name: str, r: int, args: dict[str, Any], exc: BaseException,
                before_state: State) -> Divergence:
+        return self._crash_at(self._call(name, r, args), exc, before_state)
+
+    def _crash_at(self, action: str, exc: BaseException, before_state: State) -> Divergence:
         exp = model_observation(self.state, self._mask)
         try:
             after: Observation | None = abstract(self.driver)
         except Exception:  # noqa: BLE001 - the observation itself may be what is broken
             after = None
-        return self._divergence(len(self.steps), self._call(name, r, args), [_raised(exc)],
-                                exp, before_state, after, impl_result=_raised_text(exc))
+        return self._divergence(len(self.steps), action, [_raised(exc)], exp, before_state,
+                                after, impl_result=_raised_text(exc))
 
     def _divergence(self, index: int, action: str, diffs: list[FieldDiff], exp: Observation,
                     before_state: State, after: Observation | None = None, *,
@@ -367,24 +406,6 @@ def _raised_text(exc: BaseException) -> str:
 def _raised(exc: BaseException) -> FieldDiff:
     msg = str(exc)
     return FieldDiff("raised", "no exception", type(exc).__name__ + (f": {msg}" if msg else ""))
-
-
-def _ids(ids: Iterable[str]) -> str:
-    s = sorted(ids)
-    return "{" + ", ".join(s) + "}" if s else "{} (none)"
-
-
-def _diff_obs(exp: Observation, act: Observation) -> list[FieldDiff]:
-    out: list[FieldDiff] = []
-    for r, (qe, qa) in enumerate(zip(exp[0], act[0])):
-        if qe != qa:
-            for n, ve, va in zip(OBS_FIELDS, qe, qa):
-                if ve != va:
-                    out.append(FieldDiff(f"r{r}.{n}", _show(n, ve), _show(n, va)))
-    for i, n in ((1, "gpu_free"), (2, "host_free")):
-        if exp[i] != act[i]:
-            out.append(FieldDiff(n, str(exp[i]), str(act[i])))
-    return out
 
 
 def run_steps(factory: Factory, config: Config, policy: Policy,

@@ -30,6 +30,7 @@ from hypothesis.stateful import (
 from kvspec.config import Config
 from kvspec.errors import ConformanceError
 from kvspec.policy import Policy
+from kvspec.spec.coverage import Coverage
 from kvspec.spec.model import Model
 
 from .adapter import Factory
@@ -59,7 +60,8 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
                  impl_name: str = "", probe_misuse: bool = True,
                  on_example_end: Callable[[], None] | None = None,
                  before_step: Callable[[], None] | None = None, strict: bool = False,
-                 warnings: list[MisuseFinding] | None = None, targets: bool = True
+                 warnings: list[MisuseFinding] | None = None, targets: bool = True,
+                 coverage: Coverage | None = None, model_violations: set[str] | None = None
                  ) -> type[RuleBasedStateMachine]:
     """A state machine class checking ``factory``'s manager against the model under
     ``policy``; run it with ``run_state_machine_as_test`` (or ``.TestCase`` in pytest).
@@ -72,7 +74,9 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
     :class:`~kvspec.conformance.lockstep.Lockstep`; ``warnings``, when given, receives each
     example's misuse warnings at its teardown. ``targets``: report the pool pressure
     (:data:`TARGETS`) to ``hypothesis.target`` at each example's end (hypothesis's target
-    phase, when the settings include it, then steers towards it)."""
+    phase, when the settings include it, then steers towards it). ``coverage``: every
+    lockstep transition is counted into it (replays included); ``model_violations``:
+    receives each example's model violations (the policy's own) at its teardown."""
     configs = (config,) if isinstance(config, Config) else tuple(config)
     if not configs:
         raise ValueError("make_machine: no config given")
@@ -83,7 +87,7 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
         self.config, self.config_index, self.model = k, index, models[index]
         self.lock = Lockstep(factory, k, policy, impl_name=impl_name, model=models[index],
                              check_structure=False, probe_misuse=probe_misuse,
-                             strict=strict)
+                             strict=strict, coverage=coverage)
         self._evictions = 0
         div = self.lock.initial_divergence()
         if div is not None:
@@ -137,14 +141,21 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
         return step
 
     def check_structure(self: Any) -> None:
-        div = self.lock.final_check()  # a manager that raises here is a divergence too
+        # a pending batch of forwards stays pending: it goes out at the next other step
+        div = self.lock.final_check(flush=False)  # an observation that raises is a finding
         if div is not None:
             raise DivergenceFound(div)
 
     def teardown(self: Any) -> None:
         lock = getattr(self, "lock", None)
+        if lock is not None:
+            div = lock.flush()  # the example's last batch of forwards
+            if div is not None:
+                raise DivergenceFound(div)
         if warnings is not None and lock is not None:
             warnings.extend(lock.warnings)
+        if model_violations is not None and lock is not None:
+            model_violations.update(lock.violated)
         if targets and lock is not None:
             target(float(self._evictions), label=TARGETS[0])
         if on_example_end is not None:

@@ -4,7 +4,8 @@ that sets each one up, classified by what the manager did.
 Kinds (:data:`KINDS`):
 
 - ``double-free``: ``free_resources`` again on the request a ``free_resources`` step just
-  freed;
+  freed, and once more after another request's growth took some of its old GPU pages (a
+  stale free after reuse: vLLM's and SGLang's aliasing bugs);
 - ``free-unknown``: ``free_resources`` of a fresh ``LlmRequest`` whose id is outside the
   driver's slots ``0..num_requests-1`` (an id the manager never saw), after every
   ``free_resources`` step;
@@ -176,6 +177,16 @@ def after_free(t: Target, req: LlmRequest) -> tuple[MisuseFinding, ...]:
     if found is not None:
         out.append(found)
     return tuple(out)
+
+
+def after_reuse(t: Target, req: LlmRequest, by: int) -> tuple[MisuseFinding, ...]:
+    """The stale-free probe: ``free_resources`` of ``req`` (freed earlier, its slot not
+    refilled) after slot ``by``'s growth took some of the GPU pages ``req`` held. A manager
+    that releases pages by a stale record frees pages another request holds."""
+    found, _ = probe(t, "double-free", f"free_resources(r={req.request_id}) again, after"
+                     f" request {by} took some of its old pages",
+                     lambda: t.manager.free_resources(req))
+    return () if found is None else (found,)
 
 
 def after_suspend(t: Target, req: LlmRequest) -> tuple[MisuseFinding, ...]:

@@ -117,4 +117,8 @@ def replay_on_impl(trace: Trace, factory: str | Factory, *, impl_name: str = "",
             impl_v.append(ls.last_impl_violations if div is None else frozenset())
             if div is not None:
                 break
+        if div is None:
+            div = ls.flush()  # the trace's last batch of forwards
+            if div is not None and impl_v:
+                impl_v[-1] = ls.last_impl_violations
     return ImplReplay(trace, len(model_v), model_v, impl_v, div, str(name), list(ls.warnings))

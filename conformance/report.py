@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvspec.config import Config
+from kvspec.spec.coverage import Coverage
 from kvspec.spec.trace import Step, Trace
 
 from .misuse import MisuseFinding
@@ -117,7 +118,8 @@ class TierResult:
     tolerated misuse of each kind (:mod:`~kvspec.conformance.misuse`), with its run.
     ``model_violations``: invariant ids the model itself violated during the tier's runs (the
     policy breaks them; the implementation had to show the same violation at the same step,
-    so an OK means it matched them)."""
+    so an OK means it matched them). ``coverage``: the model transitions of the tier's runs
+    (:class:`~kvspec.spec.coverage.Coverage`: branches, witnesses, configs)."""
 
     tier: str
     steps: int = 0
@@ -133,6 +135,7 @@ class TierResult:
     run_seed: str = ""
     warnings: list[MisuseFinding] = field(default_factory=list)
     model_violations: set[str] = field(default_factory=set)
+    coverage: Coverage = field(default_factory=Coverage)
 
     @property
     def steps_per_second(self) -> float:

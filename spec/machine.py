@@ -1,9 +1,12 @@
 """hypothesis's view of the model: a RuleBasedStateMachine generated from the action registry.
 
 One rule per action (its precondition: some slot and arguments enable it; the rule draws among
-the enabled ones), one ``@invariant`` per property. A failing run raises an error carrying the
-run as a :class:`~kvspec.spec.trace.Trace` (``error.kvspec_trace``), so hypothesis's shrunk
-counterexample is exported in the same format as z3's and the walker's.
+the enabled ones), one ``@invariant`` per property. Each example reports the number of distinct
+protocol branches it took (:mod:`~kvspec.spec.coverage`) to ``hypothesis.target``, so the
+target phase steers towards examples that reach more of the protocol (coverage guidance). A
+failing run raises an error carrying the run as a :class:`~kvspec.spec.trace.Trace`
+(``error.kvspec_trace``), so hypothesis's shrunk counterexample is exported in the same format
+as z3's and the walker's.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
+from hypothesis import target
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from kvspec.config import Config
 from kvspec.policy import Policy, get_policy
 
+from .coverage import branches_taken
 from .invariants import PROPERTIES, Property
 from .model import Model
 from .registry import Action
@@ -74,6 +79,10 @@ class ModelDriver:
         return lambda r=0, **args: self.apply(name, r, **args)
 
 
+TARGET = "protocol branches reached"
+"""The ``hypothesis.target`` label of the model machine: distinct branches an example took."""
+
+
 def make_state_machine(config: Config, policy: Policy,
                        properties: Sequence[Property] = PROPERTIES,
                        source: str = "hypothesis") -> type[RuleBasedStateMachine]:
@@ -83,8 +92,12 @@ def make_state_machine(config: Config, policy: Policy,
     def init(self: Any) -> None:
         RuleBasedStateMachine.__init__(self)
         self.driver = ModelDriver(policy, config, properties)
+        self.branches = set()
 
-    body: dict[str, Any] = {"__init__": init}
+    def teardown(self: Any) -> None:
+        target(float(len(self.branches)), label=TARGET)
+
+    body: dict[str, Any] = {"__init__": init, "teardown": teardown}
     for a in model.actions:
         body[a.name] = _rule_for(model, a)
     for p in properties:
@@ -115,7 +128,10 @@ def _rule_for(model: Model, a: Action) -> Any:
     def step(self: Any, data: st.DataObject) -> None:
         choices = _enabled_now(self, model, a)
         r, args = data.draw(st.sampled_from(choices), label=a.name)
-        self.driver.apply(a.name, r, **args)
+        before = self.driver.state
+        result = self.driver.apply(a.name, r, **args)
+        self.branches.update(branches_taken(a.name, r, before, self.driver.state,
+                                            None if result is None else bool(result)))
 
     step.__name__ = a.name
     return step
@@ -133,8 +149,12 @@ def _invariant_for(p: Property, source: str) -> Any:
 
 def find_counterexample(config: Config, policy: Policy, prop: Property, *,
                         max_examples: int = 2_000, step_count: int = 30,
-                        seed: int | None = 0) -> Trace | None:
+                        seed: int | None = 0, shrink: bool = True) -> Trace | None:
     """hypothesis's shrunk counterexample to ``prop`` under ``policy``, or None if not found.
+
+    ``shrink=False``: the first failing example as generated (hypothesis's shrinker replays
+    the machine hundreds of times, tens of seconds here; :func:`~kvspec.spec.walker.
+    shrink_trace` shrinks a model trace in a fraction of that).
 
     Uses a machine checking only ``prop`` so shrinking targets that property. The example
     database is off; ``seed`` seeds hypothesis's random source (None: derandomized), so the
@@ -143,11 +163,15 @@ def find_counterexample(config: Config, policy: Policy, prop: Property, *,
     """
     import random
 
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
     from hypothesis.stateful import run_state_machine_as_test
 
     machine = make_state_machine(config, policy, (prop,))
+    # no explain phase: it re-runs the shrunk example hundreds of times to annotate a report
+    # that is never shown (it took 2/3 of a 190 s search in the catalogue)
     cfg = settings(max_examples=max_examples, stateful_step_count=step_count, database=None,
+                   phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target)
+                   + ((Phase.shrink,) if shrink else ()),
                    deadline=None, derandomize=seed is None, report_multiple_bugs=False,
                    suppress_health_check=list(HealthCheck), print_blob=False)
     saved = random.getstate()

@@ -644,12 +644,30 @@ def _decode(m: z3.ModelRef, config: Config, policy: Policy, frames: list[State],
         # same length (BMC found the minimum), smallest argument values: readable and stable
         trace = lower_arguments(trace, prop.id)
         trace = Trace(trace.policy, trace.config, trace.steps, (prop.id,), "z3-bmc")
+    trace = _within_domains(trace)
     rep = replay(trace)
     if prop.id not in rep.final_violations:  # pragma: no cover - the two readings disagree
         raise RuntimeError(
             f"BMC counterexample for {prop.id} under {policy.name} does not replay on the "
             f"concrete model: {trace.path()}")
     return trace
+
+
+def _within_domains(trace: Trace) -> Trace:
+    """``trace`` with its config's prompt and draft maxima raised to the arguments z3 chose
+    (BMC bounds them by :data:`BMC_VALUE_BOUND`, not by the config), so the walker, hypothesis
+    and ``kvspec explore`` can generate the counterexample under the trace's own config."""
+    prompt = max((int(v) for st in trace.steps for k, v in st.args.items()
+                  if k in ("prompt_len", "chunk_size")), default=0)
+    draft = max((int(st.args["draft_len"]) for st in trace.steps if "draft_len" in st.args),
+                default=0)
+    k = trace.config
+    if prompt <= k.max_prompt_len and draft <= k.max_draft_len:
+        return trace
+    wider = k.replace(max_prompt_len=max(prompt, k.max_prompt_len),
+                      max_draft_len=max(draft, k.max_draft_len))
+    return with_digests(Trace(trace.policy, wider, trace.steps, trace.violated, trace.source,
+                              trace.abstract_rest))
 
 
 # ---------------------------------------------------------------------------------------------

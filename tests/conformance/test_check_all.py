@@ -1,9 +1,9 @@
 """Every preset in one run, config cycling and swarm testing (issue 10, deliverable 3).
 
-Also the broken managers docs/performance.md's detection table measures (importable with
-``PYTHONPATH=tests/conformance``: ``kvspec check --impl test_check_all:swa_assert_skipped``):
-each changes one behaviour of the reference in a way a preset, a config or pool pressure
-exposes.
+The broken managers docs/performance.md's detection table measures are in
+:mod:`kvspec.conformance.broken` (``kvspec check --impl
+kvspec.conformance.broken:swa_assert_skipped``): each changes one behaviour of the reference in
+a way a preset, a config or pool pressure exposes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kvspec.cli import main
 from kvspec.config import Config
 from kvspec.conformance import check, impls
 from kvspec.conformance import machine as machine_mod
+from kvspec.conformance.broken import swa_assert_skipped
 from kvspec.conformance.check import (
     DEFAULT_CONFIGS,
     claimed_presets,
@@ -32,105 +33,10 @@ from kvspec.conformance.lockstep import Lockstep
 from kvspec.conformance.walker import SWARM_ESSENTIAL, SWARM_OPTIONAL, Sampler, Swarm
 from kvspec.errors import InvalidArgument
 from kvspec.policy import PRESETS, Policy
-from kvspec.reference.cache import CacheStatus
 from kvspec.spec.model import Model
 
 REF = "kvspec.conformance.impls:reference"
 DEFAULT_ONE = "pr13805-reviewed"  # the preset `kvspec check` ran alone before issue 10
-
-
-# ---- broken managers ------------------------------------------------------------------------
-
-
-class SwaAssertSkipped(impls.CheckedReference):
-    """Under SWA scratch reuse the SHRINK revert skips TRT's assertion (capacity -
-    max_rewind_len <= history) and shrinks anyway: visible only under presets with
-    ``swa_scratch_reuse`` (not under pr13805-reviewed)."""
-
-    def revert_allocate_context(self, req: Any) -> bool | None:
-        policy = self.policy
-        self.policy = policy.replace(swa_scratch_reuse=False)
-        try:
-            return super().revert_allocate_context(req)
-        finally:
-            self.policy = policy
-
-
-class SnapshotWithoutGrowth(impls.CheckedReference):
-    """``resize_context`` writes the snapshot even when the resize did not grow (a deferred
-    growth kept, then resized again): only presets that keep a growth past its iteration
-    take that path."""
-
-    def resize_context(self, req: Any, num_tokens: int) -> bool:
-        old = self.get_capacity(req.request_id) if self.has_cache(req.request_id) else 0
-        ok = super().resize_context(req, num_tokens)
-        if ok:
-            req.py_ctx_pre_resize_cap = old
-        return ok
-
-
-class OneTokenGenerationFastPath(impls.CheckedReference):
-    """With tokens_per_block == 1 an ACTIVE cache's generation growth takes 1 + draft pages
-    straight from the pool, without making room or checking the free count: a full pool
-    raises instead of evicting or refusing."""
-
-    def try_allocate_generation(self, req: Any) -> bool:
-        rid = req.request_id
-        if self._tpb != 1 or not self.has_cache(rid) or self.get_status(rid) != 0:
-            return super().try_allocate_generation(req)
-        cache = self._caches[rid]
-        d = req.draft_len
-        self._allocated_draft_lens.pop(rid, None)
-        cache.pages += self._gpu.allocate_n(1 + d)
-        cache.capacity += 1 + d
-        self._allocated_draft_lens[rid] = d
-        return True
-
-
-class RecallNeedsSlack(impls.CheckedReference):
-    """Recalling a suspended cache's host pages refuses when the other suspended caches'
-    GPU pages cover the shortfall exactly (``>=`` for ``>``): pool pressure with the host
-    tier and two or more requests, when free + evictable pages are just enough."""
-
-    def _make_room(self, n: int, exclude: Any) -> bool:
-        short = n - self._gpu.num_free_pages
-        if short > 0 and exclude.num_host and exclude.status is CacheStatus.SUSPENDED:
-            others = self._num_suspended_gpu_pages - exclude.num_gpu
-            if short == others:
-                return False
-        return super()._make_room(n, exclude)
-
-
-class ResumeGateAtLimit(impls.CheckedReference):
-    """The resume gate refuses at exactly ``max_util_for_resume`` (``>=`` for ``>``)."""
-
-    def _resume(self, rid: int, cache: Any) -> bool:
-        g = self._gpu.num_pages
-        used = g - self._gpu.num_free_pages - self.num_evictable_gpu_pages
-        if g > 0 and used * self._util_den == self._util_num * g:
-            return False
-        return super()._resume(rid, cache)
-
-
-def swa_assert_skipped(config: Config, policy: Policy) -> SwaAssertSkipped:
-    return SwaAssertSkipped(config, policy)
-
-
-def snapshot_without_growth(config: Config, policy: Policy) -> SnapshotWithoutGrowth:
-    return SnapshotWithoutGrowth(config, policy)
-
-
-def one_token_generation_fast_path(config: Config,
-                                   policy: Policy) -> OneTokenGenerationFastPath:
-    return OneTokenGenerationFastPath(config, policy)
-
-
-def recall_needs_slack(config: Config, policy: Policy) -> RecallNeedsSlack:
-    return RecallNeedsSlack(config, policy)
-
-
-def resume_gate_at_limit(config: Config, policy: Policy) -> ResumeGateAtLimit:
-    return ResumeGateAtLimit(config, policy)
 
 
 def two_presets(config: Config, policy: Policy) -> impls.CheckedReference:
@@ -215,7 +121,7 @@ def test_a_bug_only_a_non_default_preset_shows_is_found_by_the_default_run(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     alone = run_check(swa_assert_skipped, DEFAULT_ONE, examples=16, tiers=("walker",))
     assert alone.ok  # the pre-issue-10 default: one preset, and it never takes the path
-    impl = f"{__name__}:swa_assert_skipped"
+    impl = "kvspec.conformance.broken:swa_assert_skipped"
     rc = main(["check", "--impl", impl, "--examples", "8", "-q", "--export", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 1, out

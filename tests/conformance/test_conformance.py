@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import broken  # tests/conformance/broken.py (rootdir-relative import, as tests/reference)
 import pytest
 import torch
 from budget import scaled
@@ -10,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from kvspec.config import Config
-from kvspec.conformance import impls
+from kvspec.conformance import broken, impls
 from kvspec.conformance.adapter import resolve_factory
 from kvspec.conformance.check import run_check
 from kvspec.conformance.exhaustive import explore

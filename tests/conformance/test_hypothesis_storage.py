@@ -11,12 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import broken  # tests/conformance/broken.py
 import pytest
 from hypothesis import configuration
 
 from kvspec.config import Config
-from kvspec.conformance import impls
+from kvspec.conformance import broken, impls
 from kvspec.conformance.check import cache_dir, run_check
 from kvspec.errors import InvalidArgument
 

@@ -11,11 +11,10 @@ import subprocess
 import sys
 import textwrap
 
-import broken  # tests/conformance/broken.py
 import pytest
 
 from kvspec.config import Config
-from kvspec.conformance import impls
+from kvspec.conformance import broken, impls
 from kvspec.conformance.check import run_check
 from kvspec.conformance.exhaustive import explore
 from kvspec.policy import PRESETS
@@ -117,7 +116,7 @@ def test_explore_progress_and_interrupts() -> None:
     cut = explore(impls.reference, POLICY, SMALL, replay_progress=_interrupt_at(2, []))
     assert cut.interrupted and cut.interrupted_in == "replay"
     assert cut.states == res.states and 0 < cut.replayed_paths < cut.leaf_paths
-    assert (f"interrupted after replaying {cut.replayed_paths} of {cut.leaf_paths} leaf paths"
+    assert (f"interrupted after replaying {cut.replayed_paths} of {cut.leaf_paths} paths"
             in cut.render())
 
 

@@ -7,28 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from kvspec.config import Config
-from kvspec.conformance import impls
-from kvspec.conformance.impls import CheckedReference
+from kvspec.conformance import broken, impls
 from kvspec.conformance.lockstep import Lockstep
 from kvspec.policy import Policy, get_policy
 
-
-class ReleasesTheHead(CheckedReference):
-    """On a shrink, frees the first blocks' pages and keeps the tail's (the same number)."""
-
-    def _set_capacity(self, cache: Any, capacity: int) -> None:
-        keep = self._blocks(capacity)
-        if keep < len(cache.pages):
-            released = cache.pages[:len(cache.pages) - keep]
-            del cache.pages[:len(cache.pages) - keep]
-            self._gpu.free_n(released)
-            cache.capacity = capacity
-            return
-        super()._set_capacity(cache, capacity)
-
-
-def releases_the_head(config: Config, policy: Policy) -> ReleasesTheHead:
-    return ReleasesTheHead(config, policy)
+releases_the_head = broken.releases_the_head
 
 
 CONFIG = Config(tokens_per_block=1, num_gpu_pages=10, num_requests=1, max_prompt_len=2,

@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import broken  # tests/conformance/broken.py
 import pytest
 
 from kvspec.config import Config
-from kvspec.conformance import impls
+from kvspec.conformance import broken, impls
 from kvspec.conformance.check import DEFAULT_CONFIGS, run_check
 from kvspec.conformance.exhaustive import explore
 from kvspec.conformance.lockstep import Lockstep, model_observation, render_observation

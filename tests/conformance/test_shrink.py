@@ -8,10 +8,10 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import broken  # tests/conformance/broken.py (rootdir-relative import)
 import pytest
 
 from kvspec.config import Config
+from kvspec.conformance import broken
 from kvspec.conformance.check import _rerun, run_check
 from kvspec.conformance.exhaustive import explore
 from kvspec.conformance.lockstep import StepRejected

@@ -132,3 +132,15 @@ def test_proved_cells_carry_a_rechecked_certificate_and_a_two_request_bmc(
         cell = v.to_json()
         assert cell["certificate"]["size"] == len(v.certificate) > 1
         assert cell["route"] == v.route and cell["bmc_depth"] == DEFAULT_BMC2_DEPTH
+
+
+def test_a_bmc_trace_config_covers_the_arguments_z3_chose() -> None:
+    """z3 bounds action parameters by BMC_VALUE_BOUND, not by the config: the decoded
+    trace's config is widened so that its own generators can produce the steps."""
+    small = Config(max_prompt_len=1, max_draft_len=0)
+    trace = bmc(small, get_policy("stale-snapshot"), [get_property("NO-STALE-SNAPSHOT")],
+                max_depth=12)["NO-STALE-SNAPSHOT"]
+    prompts = [st.args["prompt_len"] for st in trace.steps if st.action == "arrive"]
+    assert max(prompts) > 1  # a 1-token prompt cannot show a stale snapshot
+    assert trace.config.max_prompt_len >= max(prompts)
+    assert "NO-STALE-SNAPSHOT" in replay(trace).final_violations
