@@ -8,6 +8,8 @@
                    [--export DIR] [--hypothesis-dir DIR] [--strict]
     kvspec explore [--impl module:factory] [--policy P] [--requests N] [--gpu-pages G]
                    [--max-depth D] [--strict]
+    kvspec simulate [--policy P]... [--workload W|TRACE.csv] [--set FIELD=VALUE]... [--seed S]
+                   [--out DIR] [--ranks R] [--batch-wait-iters N] [--backend reference|torch] ...
 
 Exit codes: 0 done (``prove`` and ``walk`` report verdicts, they do not fail on a refuted
 cell; check, replay and explore print misuse warnings and still exit 0), 1 a check or replay
@@ -327,6 +329,127 @@ def _parser() -> argparse.ArgumentParser:
     _strict(ex)
     quiet(ex)
     ex.set_defaults(run=_explore)
+
+    cg = command(
+        "catalogue", "run the bug catalogue: every known bug found by two checkers",
+        "Run every row of the bug catalogue (docs/bugs.md): TensorRT-LLM's protocol bugs "
+        "(a preset under which the model violates an invariant) and implementation slips "
+        "(broken managers in kvspec.conformance.broken, the peers' double free and stale "
+        "free after reuse among them). Each row runs its independent checkers (z3 BMC, the "
+        "model walker, the model's hypothesis machine and the exhaustive BFS replayed on the "
+        "reference for protocol bugs; the walker and hypothesis tiers of 'kvspec check' and "
+        "'kvspec explore' for broken managers) and records time to detection and the length "
+        "of what each reports.\n\n"
+        "exit codes: 0 every row found by two checkers, 1 a row found by fewer, 2 bad input, "
+        "130 interrupted.")
+    cg.add_argument("--row", action="append", metavar="ID",
+                    help="run only this row (repeatable); default: every row")
+    cg.add_argument("--checker", action="append", metavar="NAME",
+                    help="run only this checker (repeatable), any of bmc, walker, hypothesis,"
+                    " check-walker, check-hypothesis, exhaustive; default: all that apply")
+    cg.add_argument("--quick", action="store_true",
+                    help="the bounded budget CI runs (smaller searches per checker)")
+    cg.add_argument("--json", action="store_true", help="print the result as JSON")
+    quiet(cg)
+    cg.set_defaults(run=_catalogue)
+
+    sm = command(
+        "simulate", "what each policy costs on a workload, side by side, with plots",
+        "Run the reference executor (V2 scheduler pass, batch waiting or attention-DP balance, "
+        "can_queue, the policy's reverts, suspend/resume, the host tier) over a stream of "
+        "arriving requests, once per policy with the same arrivals and seed, the managers' "
+        "checks on and page accounting (idle + active + free == total) checked every "
+        "iteration. Prints a summary table; with --out also JSON, CSV and PNG plots. A policy "
+        "whose manager refuses an operation that would break an invariant stops there (where "
+        "TensorRT-LLM asserts) and the table says so. docs/simulate.md.\n\n"
+        "exit codes: 0 done (also when a policy stopped at an invariant), 1 a manager "
+        "accounting failure (AccountingError: a rank's pages do not add up or check_integrity "
+        "failed; a bug in a manager, not bad input), 2 bad input, 130 interrupted.")
+    sm.add_argument("--policy", action="append", metavar="P", type=_policy_name,
+                    help="a preset to simulate (repeatable), any of " + ", ".join(PRESETS)
+                    + f"; default: {' and '.join(SIMULATE_POLICIES)}")
+    sm.add_argument("--workload", default="chat", type=_workload, metavar="W",
+                    help="a built-in generator (" + ", ".join(_simulate_workloads())
+                    + ") or a CSV trace with columns TIMESTAMP,ContextTokens,GeneratedTokens "
+                    "(Azure LLM inference traces) or arrival_s,prompt_tokens,output_tokens "
+                    "(default: %(default)s)")
+    sm.add_argument("--set", action="append", type=_setting, metavar="FIELD=VALUE",
+                    help="override a generator field (repeatable): num_requests, rate, arrival "
+                    "(poisson|bursty), burst_cv, prompt_median, prompt_sigma, prompt_min, "
+                    "prompt_max, output_median, output_sigma, output_min, output_max, "
+                    "chunk_size, draft_len; docs/simulate.md lists each preset's values")
+    sm.add_argument("--requests", type=_positive, metavar="N",
+                    help="simulate N requests (a generator's num_requests; a trace's first N "
+                    "rows); default: the preset's, or the whole trace")
+    sm.add_argument("--chunk-size", type=_positive, metavar="TOKENS",
+                    help="context chunk size; default: the preset's (chat 512, long-context "
+                    "2048), 512 for a trace")
+    sm.add_argument("--draft-len", type=_nonnegative, metavar="N",
+                    help="draft tokens per generation step; default: the preset's (0), 0 for a "
+                    "trace")
+    sm.add_argument("--seed", type=_integer, default=0, metavar="S",
+                    help="seeds the arrivals and the accepted drafts; same seed, same result "
+                    "(default: %(default)s)")
+    sm.add_argument("--out", metavar="DIR",
+                    help="write summary.json, summary.csv, iterations-<policy>.csv, "
+                    "requests-<policy>.csv and the plots (idle_pages.png, free_pages.png, "
+                    "ttft.png, summary.png; need matplotlib) into DIR; default: none")
+    sm.add_argument("--no-plots", action="store_true", help="with --out: no PNG plots")
+    sm.add_argument("--json", action="store_true",
+                    help="print the summary as JSON instead of the table")
+    g = sm.add_argument_group("engine (kvspec.config.Config, per rank)")
+    g.add_argument("--gpu-pages", type=_positive, default=16384, metavar="G",
+                   help="GPU pages per rank (default: %(default)s)")
+    g.add_argument("--host-pages", type=_nonnegative, default=16384, metavar="H",
+                   help="host-tier pages per rank (default: %(default)s)")
+    g.add_argument("--tokens-per-block", type=_positive, default=32, metavar="B",
+                   help="tokens per page (default: %(default)s)")
+    g.add_argument("--max-requests", type=_positive, default=256, metavar="N",
+                   help="live requests per rank (Config.num_requests; default: %(default)s)")
+    g.add_argument("--max-batch-size", type=_positive, default=256, metavar="N",
+                   help="requests per iteration (default: %(default)s)")
+    g.add_argument("--max-num-tokens", type=_positive, default=8192, metavar="N",
+                   help="tokens per iteration (default: %(default)s)")
+    g.add_argument("--max-util-for-resume", type=_positive_float, default=0.95, metavar="F",
+                   help="resume gate: GPU utilization above which resumes are refused "
+                   "(default: %(default)s)")
+    g.add_argument("--ranks", type=_positive, default=1, metavar="R",
+                   help="attention-DP ranks; R > 1 turns attention DP on (default: %(default)s)")
+    g.add_argument("--adp", action="store_true",
+                   help="attention-DP balancing even with one rank (instead of batch waiting)")
+    g.add_argument("--batch-wait-iters", type=_nonnegative, default=0, metavar="N",
+                   help="batch waiting timeout in iterations, without attention DP; 0 off "
+                   "(default: %(default)s)")
+    g.add_argument("--batch-wait-ratio", type=_ratio, default=0.0, metavar="F",
+                   help="batch waiting: wait while batch tokens < F x max-num-tokens; 0 off "
+                   "(default: %(default)s)")
+    g.add_argument("--adp-timeout-iters", type=_positive, default=50, metavar="N",
+                   help="attention-DP balance timeout (default: %(default)s)")
+    g.add_argument("--adp-wait-iters", type=_nonnegative, default=10, metavar="N",
+                   help="attention-DP batching wait (default: %(default)s)")
+    r = sm.add_argument_group("run")
+    r.add_argument("--backend", choices=("reference", "torch"), default="reference",
+                   help="manager: the CPU reference, or the torch manager (--device) "
+                   "(default: %(default)s)")
+    r.add_argument("--device", default="cpu", metavar="DEV",
+                   help="torch device of --backend torch: cpu or cuda (default: %(default)s)")
+    r.add_argument("--torch-threads", type=_positive, default=1, metavar="N",
+                   help="torch CPU threads with --backend torch (one-request calls run "
+                   "fastest on one; default: %(default)s)")
+    r.add_argument("--cost-fixed-ms", type=_nonnegative_float, default=10.0, metavar="MS",
+                   help="iteration cost model: fixed milliseconds per iteration "
+                   "(default: %(default)s)")
+    r.add_argument("--cost-per-token-us", type=_nonnegative_float, default=50.0, metavar="US",
+                   help="iteration cost model: microseconds per batch token on the busiest "
+                   "rank (default: %(default)s)")
+    r.add_argument("--integrity-every", type=_nonnegative, default=1000, metavar="N",
+                   help="run each manager's check_integrity every N iterations, 0 never "
+                   "(O(pages) each; page accounting is checked every iteration regardless; "
+                   "default: %(default)s)")
+    r.add_argument("--max-iterations", type=_positive, metavar="N",
+                   help="stop each policy's run after N iterations; default: no limit")
+    quiet(sm)
+    sm.set_defaults(run=_simulate)
     return p
 
 
@@ -353,14 +476,74 @@ def _positive(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _float(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
     return value
+
+
+def _nonnegative(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = _nonnegative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text} must be in [0, 1]")
+    return value
+
+
+SIMULATE_POLICIES = ("pr14849", "pr13805-reviewed")
+"""``kvspec simulate``'s default policies: PR 14849 against the reviewed PR 13805."""
+
+
+def _simulate_workloads() -> tuple[str, ...]:
+    """The built-in workload names (``kvspec.simulate.workload.PRESETS``), repeated here so
+    that parsing imports nothing of the simulator; a test keeps them equal."""
+    return ("chat", "long-context")
+
+
+def _workload(text: str) -> str:
+    """A built-in workload name, or a readable CSV trace file."""
+    if text in _simulate_workloads():
+        return text
+    p = Path(text)
+    if p.is_file():
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(
+                f"cannot read trace {text!r}: {exc.strerror or exc}") from None
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a built-in workload ({', '.join(_simulate_workloads())}) nor a"
+        " CSV trace file")
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE, e.g. rate=5")
+    return key.strip(), value.strip()
 
 
 def _bounded(hi: int, what: str) -> Callable[[str], int]:
@@ -703,6 +886,115 @@ def _explore(args: argparse.Namespace) -> int:
     if res.interrupted:
         return _interrupted()
     return EXIT_OK if res.ok else EXIT_DIVERGED
+
+
+def _catalogue(args: argparse.Namespace) -> int:
+    from kvspec.conformance.catalogue import FULL, QUICK, run_catalogue
+
+    rows = _dedup(args.row) if args.row else None
+    checkers = _dedup(args.checker) if args.checker else None
+    with _Bars(args) as bars:
+        done = [0]
+
+        def progress(row: str, checker: str) -> None:
+            done[0] += 1
+            bars.show("catalogue", done[0], None, f"{row} / {checker}", unit="check")
+
+        res = run_catalogue(rows, budget=QUICK if args.quick else FULL,
+                            budget_name="quick" if args.quick else "full", checkers=checkers,
+                            progress=None if bars.off else progress)
+    print(json.dumps(res.to_json(), indent=2) if args.json else res.render())
+    if res.interrupted:
+        return _interrupted()
+    return EXIT_OK if res.ok else EXIT_DIVERGED
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fractions import Fraction
+
+    from kvspec.simulate import (
+        AccountingError,
+        SimulationOptions,
+        Workload,
+        get_workload,
+        read_trace,
+        simulate,
+    )
+    from kvspec.simulate.metrics import CostModel
+    from kvspec.simulate.report import render_table, to_json, write_files
+
+    policies = _dedup(args.policy or list(SIMULATE_POLICIES))
+    out = writable_dir(args.out, "--out")  # before the run, not after it
+    if out is not None and not args.no_plots:
+        from kvspec.simulate.plots import require_matplotlib
+
+        require_matplotlib()  # no matplotlib: fail now, not after the run
+    adp = args.adp or args.ranks > 1
+    if adp and args.batch_wait_iters:
+        raise InvalidArgument("--batch-wait-iters applies without attention DP; with --ranks "
+                              "> 1 or --adp the ADP balance defers context requests "
+                              "(--adp-timeout-iters, --adp-wait-iters)")
+    if args.workload in _simulate_workloads():
+        spec = get_workload(args.workload).with_settings(dict(args.set or []))
+        changes: dict[str, object] = {}
+        if args.requests is not None:
+            changes["num_requests"] = args.requests
+        if args.chunk_size is not None:
+            changes["chunk_size"] = args.chunk_size
+        if args.draft_len is not None:
+            changes["draft_len"] = args.draft_len
+        workload = Workload.generated(spec.replace(**changes), args.seed)
+    else:
+        if args.set:
+            raise InvalidArgument(f"--set applies to built-in workloads; {args.workload!r} is"
+                                  " a trace (use --requests, --chunk-size, --draft-len)")
+        read_trace(args.workload, 1)  # the header and first row, before anything else
+        workload = Workload.from_trace(args.workload, args.chunk_size or 512,
+                                       args.draft_len or 0, args.requests)
+    config = Config(
+        tokens_per_block=args.tokens_per_block, num_gpu_pages=args.gpu_pages,
+        num_host_pages=args.host_pages, max_util_for_resume=args.max_util_for_resume,
+        num_requests=args.max_requests, max_num_tokens=args.max_num_tokens,
+        max_batch_size=args.max_batch_size, batch_wait_timeout_iters=args.batch_wait_iters,
+        batch_wait_max_tokens_ratio=Fraction(args.batch_wait_ratio).limit_denominator(1000),
+        attention_dp=adp, max_prompt_len=max(a.prompt_tokens for a in workload.arrivals),
+        max_draft_len=workload.draft_len)
+    if args.backend == "torch":
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    with _Bars(args) as bars:
+        def progress(policy: str, done: int, total: int) -> None:
+            bars.show(f"simulate {policy}", done, total, unit="req")
+
+        options = SimulationOptions(
+            backend=args.backend, device=args.device,
+            cost=CostModel(args.cost_fixed_ms, args.cost_per_token_us),
+            integrity_every=args.integrity_every, max_iterations=args.max_iterations,
+            adp_timeout_iters=args.adp_timeout_iters,
+            adp_batching_wait_iters=args.adp_wait_iters,
+            progress=None if bars.off else progress)
+        try:
+            result = simulate(policies, workload, config, ranks=args.ranks, seed=args.seed,
+                              options=options)
+        except AccountingError as exc:  # a manager's (or the simulator's) bug, not bad input
+            print(f"kvspec: error: manager accounting failure (AccountingError): "
+                  f"{' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_DIVERGED
+    written = []
+    if out is not None:
+        written = write_files(result, out)
+        if not args.no_plots:
+            from kvspec.simulate.plots import write_plots
+
+            written += write_plots(result, out)
+    if args.json:
+        print(json.dumps(to_json(result), indent=2))
+    else:
+        print(render_table(result))
+        if written:
+            print(f"wrote {len(written)} files to {out}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover
