@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import z3
+from walk_states import walk_states  # tests/spec/walk_states.py
 
 from kvspec.config import Config
 from kvspec.policy import PRESETS
@@ -21,19 +22,6 @@ def _const(s: State, sym: State) -> list[z3.BoolRef]:
     return out
 
 
-def _reachable(m: Model, rng: random.Random, n: int) -> list[State]:
-    s, out = m.initial(), []
-    for _ in range(n):
-        steps = list(m.enabled_steps(s))
-        if not steps:
-            s = m.initial()
-            continue
-        name, r, args = rng.choice(steps)
-        s = m.step(s, name, r, **args).state
-        out.append(s)
-    return out
-
-
 def test_z3_successor_is_the_concrete_successor() -> None:
     rng = random.Random(7)
     checked = 0
@@ -41,7 +29,7 @@ def test_z3_successor_is_the_concrete_successor() -> None:
         config = Config(num_requests=2)
         m = Model(config, pol)
         c = _ctx(config, pol, config.tokens_per_block, abstract=False)
-        for s in _reachable(m, rng, 25):
+        for s in walk_states(m, rng, 16):
             sym_s, sym_t = sym_state("a", 2), sym_state("b", 2)
             for a in m.actions:
                 for r in range(config.num_requests if a.per_request else 1):
