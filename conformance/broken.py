@@ -30,17 +30,27 @@ class SilentDoubleFree(CheckedReference):
 
 
 class _RemembersFrees(CheckedReference):
-    """Records, per freed request, the GPU page ids it held (for the broken frees below)."""
+    """Records, per freed request, the GPU page ids it held; a second ``free_resources`` of
+    a freed request goes to :meth:`_free_again` (each broken free below defines it), of a
+    request never seen to the reference (``ProtocolError``)."""
 
     def __init__(self, config: Config, policy: Policy) -> None:
         super().__init__(config, policy)
         self._freed: dict[int, list[int]] = {}
 
-    def _free_and_remember(self, req: Any) -> None:
+    def free_resources(self, req: Any) -> None:
         rid = req.request_id
-        tiers = self.get_page_tiers(rid)
-        self._freed[rid] = [p for p, t in zip(self.get_page_table(rid), tiers) if t == 0]
-        super().free_resources(req)
+        if self.has_cache(rid):
+            tiers = self.get_page_tiers(rid)
+            self._freed[rid] = [p for p, t in zip(self.get_page_table(rid), tiers) if t == 0]
+            super().free_resources(req)
+        elif rid not in self._freed:
+            super().free_resources(req)  # ProtocolError: a request never seen
+        else:
+            self._free_again(rid)
+
+    def _free_again(self, rid: int) -> None:
+        raise NotImplementedError
 
 
 class CorruptingDoubleFree(_RemembersFrees):
@@ -50,13 +60,7 @@ class CorruptingDoubleFree(_RemembersFrees):
 
     then_raise = False
 
-    def free_resources(self, req: Any) -> None:
-        rid = req.request_id
-        if self.has_cache(rid):
-            self._free_and_remember(req)
-            return
-        if rid not in self._freed:
-            super().free_resources(req)  # ProtocolError: a request never seen
+    def _free_again(self, rid: int) -> None:
         # past the pool's guard (free_n refuses an overflowing free): the same pages again
         self._gpu._free.extend(self._freed.pop(rid))
         if self.then_raise:
@@ -181,14 +185,7 @@ class StaleFreeAfterReuse(_RemembersFrees):
     (a stale free after reuse: vLLM V7/V9, SGLang S1's aliasing). The pages are then free and
     held at once."""
 
-    def free_resources(self, req: Any) -> None:
-        rid = req.request_id
-        if self.has_cache(rid):
-            self._free_and_remember(req)
-            return
-        if rid not in self._freed:
-            super().free_resources(req)  # ProtocolError: a request never seen
-            return
+    def _free_again(self, rid: int) -> None:
         free = set(self._gpu.get_free_pages())
         reused = [p for p in self._freed[rid] if p not in free]
         if reused:
