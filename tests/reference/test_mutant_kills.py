@@ -4,11 +4,10 @@ of refused calls, and executor details. Each test is about the behaviour, not ab
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
 import pytest
-from helpers_ref import admit, ctx_request, make_manager
+from helpers_ref import admit, busy_executor, ctx_request, make_manager
 
 from kvspec.config import Config
 from kvspec.errors import InvalidArgument, InvariantViolation, ProtocolError
@@ -231,15 +230,7 @@ def test_the_resume_gate_holds_on_a_one_page_pool() -> None:
 # the executor's iteration report
 
 def test_iteration_results_account_for_every_request() -> None:
-    cfg = Config(tokens_per_block=4, num_gpu_pages=12, num_host_pages=40, num_requests=16,
-                 max_num_tokens=64, max_batch_size=8, attention_dp=False)
-    ex = ReferenceExecutor(cfg, get_policy("pr13805-reviewed"), seed=1)
-    rng = random.Random(5)
-    reqs = [LlmRequest(i, prompt_len=rng.randint(1, 24), context_chunk_size=8,
-                       draft_len=rng.randint(0, 2), max_new_tokens=rng.randint(1, 12))
-            for i in range(20)]
-    for q in reqs:
-        ex.add_request(q)
+    ex, reqs = busy_executor(attention_dp=False)
     finished: list[int] = []
     suspended: set[int] = set()
     while ex.num_unfinished() and ex.iteration < 2000:

@@ -4,17 +4,13 @@ failure atomicity, explicit eviction of a partly demoted cache, and the integrit
 
 from __future__ import annotations
 
-import random
 from fractions import Fraction
 
 import pytest
-from helpers_ref import admit, ctx_request, make_manager
+from helpers_ref import admit, busy_executor, ctx_request, make_manager
 
-from kvspec.config import Config
 from kvspec.errors import InvariantViolation, ProtocolError
-from kvspec.policy import get_policy
 from kvspec.reference import CacheStatus, LlmRequest, ReferenceKVCacheManager, RequestState
-from kvspec.reference.executor import ReferenceExecutor
 
 ACTIVE, SUSPENDED = CacheStatus.ACTIVE, CacheStatus.SUSPENDED
 
@@ -246,15 +242,7 @@ def test_integrity_detects_tier_corruption() -> None:
 
 
 def test_executor_reports_implicit_evictions() -> None:
-    cfg = Config(tokens_per_block=4, num_gpu_pages=12, num_host_pages=40, num_requests=16,
-                 max_num_tokens=64, max_batch_size=8)
-    ex = ReferenceExecutor(cfg, get_policy("pr13805-reviewed"), seed=1)
-    rng = random.Random(5)
-    reqs = [LlmRequest(i, prompt_len=rng.randint(1, 24), context_chunk_size=8,
-                       draft_len=rng.randint(0, 2), max_new_tokens=rng.randint(1, 12))
-            for i in range(20)]
-    for q in reqs:
-        ex.add_request(q)
+    ex, reqs = busy_executor()
     evicted = []
     while ex.num_unfinished() and ex.iteration < 2000:
         (r,) = ex.step()
