@@ -95,7 +95,7 @@ class ReferenceExecutor:
 
     def __init__(self, config: Config, policy: Policy, *, num_ranks: int = 1, seed: int = 0,
                  enable_recompute_pause: bool = True, adp_timeout_iters: int = 50,
-                 adp_batching_wait_iters: int = 10,
+                 adp_batching_wait_iters: int = 10, batch_in_place_growth: bool = True,
                  manager_factory: Callable[[Config, Policy], ReferenceKVCacheManager] | None
                  = None) -> None:
         """Create the ranks, each with an empty manager.
@@ -116,6 +116,7 @@ class ReferenceExecutor:
         self.enable_recompute_pause = enable_recompute_pause
         self.adp_timeout_iters = adp_timeout_iters
         self.adp_batching_wait_iters = adp_batching_wait_iters
+        self.batch_in_place_growth = batch_in_place_growth
         self._rng = random.Random(seed)
         make = ReferenceKVCacheManager if manager_factory is None else manager_factory
         self._ranks = [_Rank(make(config, policy)) for _ in range(num_ranks)]
@@ -257,6 +258,7 @@ class ReferenceExecutor:
         tokens_left, slots_left = cfg.max_num_tokens, cfg.max_batch_size
         reqs = rank.requests
         blocks = cfg.blocks
+        in_place: list[LlmRequest] = []    # growths within their last page: one batch call
         for i, req in enumerate(reqs):
             if slots_left == 0:
                 break
@@ -276,12 +278,15 @@ class ReferenceExecutor:
                 break
             p.touched.add(rid)
             p.tried_gen.append(req)
-            if mgr.try_allocate_generation(req):
-                p.gen.append(req)
-                tokens_left -= cost
-                slots_left -= 1
-            else:
+            if (need == 0 and self.batch_in_place_growth
+                    and mgr.get_status(rid) == CacheStatus.ACTIVE):
+                in_place.append(req)           # cannot fail, takes no page: deferred
+            elif not mgr.try_allocate_generation(req):
                 break
+            p.gen.append(req)
+            tokens_left -= cost
+            slots_left -= 1
+        self._grow_in_place(mgr, in_place)
         for i, req in enumerate(reqs):
             if slots_left == 0:
                 break
@@ -322,6 +327,31 @@ class ReferenceExecutor:
                 break
         p.evicted.extend(mgr.pop_demoted())
         return p
+
+    @staticmethod
+    def _grow_in_place(mgr: ReferenceKVCacheManager, reqs: list[LlmRequest]) -> None:
+        """``try_allocate_generation`` of ACTIVE caches whose growth fits in the pages they
+        hold, as one ``try_allocate_generation_batch`` call when the manager has one (the
+        torch manager: one vectorized call per iteration), else one call each in order.
+
+        Deferring them to the end of the generation pass changes nothing the pass sees: such
+        a call takes and demotes no page, touches only its own cache, and cannot be refused,
+        so every later decision reads the same counts. Cost: the manager's calls.
+
+        Raises:
+            ProtocolError: the manager refused one of them (a manager bug: the pass has
+                already counted them as scheduled).
+        """
+        if not reqs:
+            return
+        batch = getattr(mgr, "try_allocate_generation_batch", None)
+        ok = batch(reqs) if batch is not None else [mgr.try_allocate_generation(q)
+                                                    for q in reqs]
+        refused = [q.request_id for q, good in zip(reqs, ok, strict=True) if not good]
+        if refused:
+            raise ProtocolError(
+                f"try_allocate_generation refused requests {refused}, whose growth needs no new"
+                " page (generation_pages_needed == 0, ACTIVE); the manager must grant it")
 
     def _make_room(self, rank: _Rank, p: _Pass, req: LlmRequest, need: int,
                    later: Sequence[LlmRequest]) -> bool:

@@ -194,6 +194,22 @@ class TorchSlots:
             self.counters.resume_refusals += 1
         return ok
 
+    def try_allocate_generation_batch(self, reqs: Sequence[LlmRequest]) -> list[bool]:
+        """One vectorized call (the executor batches the growths that need no new page); a
+        SUSPENDED cache is resumed inside, as in the single call, and a refusal counted.
+        Cost: the manager's batch call plus two reads of the slots' statuses."""
+        rs = [self._req(q) for q in reqs]
+        slots = [r.request_id for r in rs]
+        status = self.m.cache.status
+        was = status[slots].tolist()
+        ok = self.m.try_allocate_generation_batch(rs)
+        if CacheStatus.SUSPENDED in was:
+            now = status[slots].tolist()
+            self.counters.resume_refusals += sum(
+                1 for w, n in zip(was, now, strict=True)
+                if w == n == CacheStatus.SUSPENDED)
+        return ok
+
     def revert_allocate_generation(self, req: LlmRequest) -> None:
         self.m.revert_allocate_generation(self._req(req))
 

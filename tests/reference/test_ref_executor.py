@@ -9,7 +9,7 @@ import pytest
 
 from kvspec.config import Config
 from kvspec.errors import InvalidArgument, ProtocolError
-from kvspec.policy import get_policy
+from kvspec.policy import Policy, get_policy
 from kvspec.reference import CacheStatus, LlmRequest, ReferenceKVCacheManager, RequestState
 from kvspec.reference.balance import AdpCounters, RankLoad, adp_balance
 from kvspec.reference.executor import ReferenceExecutor
@@ -260,3 +260,62 @@ def test_pr13805_reverting_deferred_context_under_swa_hits_the_assertion() -> No
         for _ in range(10):             # a deferred chunk of 8 > max_rewind_len 2 is reverted
             ex.step()
     assert info.value.invariant_id == "SWA-REWIND"
+
+
+class _Batched(ReferenceKVCacheManager):
+    """The reference manager with a ``try_allocate_generation_batch`` that records its calls
+    (as the torch manager's: one call for a list)."""
+
+    def __init__(self, config: Config, policy: Policy) -> None:
+        super().__init__(config, policy)
+        self.batches: list[tuple[int, ...]] = []
+        self.refuse: set[int] = set()
+
+    def try_allocate_generation_batch(self, reqs: list[LlmRequest]) -> list[bool]:
+        self.batches.append(tuple(q.request_id for q in reqs))
+        return [q.request_id not in self.refuse and self.try_allocate_generation(q)
+                for q in reqs]
+
+
+def _busy(factory: object, batch: bool = True) -> ReferenceExecutor:
+    """busy_executor's executor and requests, on managers made by ``factory``."""
+    cfg = Config(tokens_per_block=4, num_gpu_pages=12, num_host_pages=40, num_requests=16,
+                 max_num_tokens=64, max_batch_size=8)
+    ex = ReferenceExecutor(cfg, get_policy("pr13805-reviewed"), seed=1,
+                           batch_in_place_growth=batch,
+                           manager_factory=factory)  # type: ignore[arg-type]
+    rng = random.Random(5)
+    for i in range(20):
+        ex.add_request(LlmRequest(i, prompt_len=rng.randint(1, 24), context_chunk_size=8,
+                                  draft_len=rng.randint(0, 2), max_new_tokens=rng.randint(1, 12)))
+    return ex
+
+
+def _run_busy(factory: object, batch: bool = True) -> list[object]:
+    ex = _busy(factory, batch)
+    return [ex.run(400), [m.snapshot_state() for m in ex.managers]]
+
+
+def test_in_place_growths_go_to_the_batch_call_with_the_same_run() -> None:
+    """Growths within a cache's last page are one batch call per pass (the torch manager's
+    vectorized call) and the run is the one the single calls give, under pressure."""
+    made: list[_Batched] = []
+
+    def batched(config: Config, policy: Policy) -> _Batched:
+        made.append(_Batched(config, policy))
+        return made[0]
+
+    run = _run_busy(batched)
+    assert run == _run_busy(None) == _run_busy(None, batch=False)
+    batches = made[0].batches
+    assert batches and max(map(len, batches)) > 1
+    assert all(len(set(b)) == len(b) for b in batches)
+
+
+def test_a_refused_in_place_growth_is_a_manager_bug() -> None:
+    ex = _busy(_Batched)
+    mgr = ex.managers[0]
+    assert isinstance(mgr, _Batched)
+    mgr.refuse = set(range(20))
+    with pytest.raises(ProtocolError, match="needs no new page"):
+        ex.run(400)
