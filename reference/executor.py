@@ -95,7 +95,7 @@ class ReferenceExecutor:
 
     def __init__(self, config: Config, policy: Policy, *, num_ranks: int = 1, seed: int = 0,
                  enable_recompute_pause: bool = True, adp_timeout_iters: int = 50,
-                 adp_batching_wait_iters: int = 10, batch_in_place_growth: bool = True,
+                 adp_batching_wait_iters: int = 10, batch_growth: bool = True,
                  manager_factory: Callable[[Config, Policy], ReferenceKVCacheManager] | None
                  = None) -> None:
         """Create the ranks, each with an empty manager.
@@ -116,7 +116,7 @@ class ReferenceExecutor:
         self.enable_recompute_pause = enable_recompute_pause
         self.adp_timeout_iters = adp_timeout_iters
         self.adp_batching_wait_iters = adp_batching_wait_iters
-        self.batch_in_place_growth = batch_in_place_growth
+        self.batch_growth = batch_growth
         self._rng = random.Random(seed)
         make = ReferenceKVCacheManager if manager_factory is None else manager_factory
         self._ranks = [_Rank(make(config, policy)) for _ in range(num_ranks)]
@@ -258,7 +258,8 @@ class ReferenceExecutor:
         tokens_left, slots_left = cfg.max_num_tokens, cfg.max_batch_size
         reqs = rank.requests
         blocks = cfg.blocks
-        in_place: list[LlmRequest] = []    # growths within their last page: one batch call
+        grows: list[LlmRequest] = []       # growths from free pages: one batch call
+        grow_pages = 0                     # the free pages they will take
         for i, req in enumerate(reqs):
             if slots_left == 0:
                 break
@@ -269,6 +270,18 @@ class ReferenceExecutor:
                 break
             rid = req.request_id
             need = mgr.generation_pages_needed(req)
+            if (self.batch_growth and need <= mgr.num_free_gpu_pages - grow_pages
+                    and mgr.get_status(rid) == CacheStatus.ACTIVE):
+                grows.append(req)              # cannot fail, evicts nothing: deferred
+                grow_pages += need
+                p.touched.add(rid)
+                p.tried_gen.append(req)
+                p.gen.append(req)
+                tokens_left -= cost
+                slots_left -= 1
+                continue
+            self._grow_from_free(mgr, grows)
+            grows, grow_pages = [], 0
             if need > 0 and mgr.num_available_gpu_pages(rid) < need and not self._make_room(
                     rank, p, req, need, reqs[i + 1:]):
                 if mgr.get_status(rid) == CacheStatus.ACTIVE:   # self-eviction
@@ -278,15 +291,12 @@ class ReferenceExecutor:
                 break
             p.touched.add(rid)
             p.tried_gen.append(req)
-            if (need == 0 and self.batch_in_place_growth
-                    and mgr.get_status(rid) == CacheStatus.ACTIVE):
-                in_place.append(req)           # cannot fail, takes no page: deferred
-            elif not mgr.try_allocate_generation(req):
+            if not mgr.try_allocate_generation(req):
                 break
             p.gen.append(req)
             tokens_left -= cost
             slots_left -= 1
-        self._grow_in_place(mgr, in_place)
+        self._grow_from_free(mgr, grows)
         for i, req in enumerate(reqs):
             if slots_left == 0:
                 break
@@ -329,14 +339,16 @@ class ReferenceExecutor:
         return p
 
     @staticmethod
-    def _grow_in_place(mgr: ReferenceKVCacheManager, reqs: list[LlmRequest]) -> None:
-        """``try_allocate_generation`` of ACTIVE caches whose growth fits in the pages they
-        hold, as one ``try_allocate_generation_batch`` call when the manager has one (the
-        torch manager: one vectorized call per iteration), else one call each in order.
+    def _grow_from_free(mgr: ReferenceKVCacheManager, reqs: list[LlmRequest]) -> None:
+        """``try_allocate_generation`` of ACTIVE caches whose growths, together, fit in the
+        free GPU pages, as one ``try_allocate_generation_batch`` call when the manager has
+        one (the torch manager: one vectorized call), else one call each in list order.
 
-        Deferring them to the end of the generation pass changes nothing the pass sees: such
-        a call takes and demotes no page, touches only its own cache, and cannot be refused,
-        so every later decision reads the same counts. Cost: the manager's calls.
+        Deferring them (to the end of the generation pass, or to the first request that
+        does not join them) changes nothing the pass sees or does: each would have found its
+        pages free, so none is refused or evicts, and the batch pops the same pages in the
+        same order; every decision in between is about requests that take no page.
+        Cost: the manager's calls.
 
         Raises:
             ProtocolError: the manager refused one of them (a manager bug: the pass has
@@ -350,8 +362,8 @@ class ReferenceExecutor:
         refused = [q.request_id for q, good in zip(reqs, ok, strict=True) if not good]
         if refused:
             raise ProtocolError(
-                f"try_allocate_generation refused requests {refused}, whose growth needs no new"
-                " page (generation_pages_needed == 0, ACTIVE); the manager must grant it")
+                f"try_allocate_generation refused requests {refused}, whose growths fit in the"
+                " free GPU pages of an ACTIVE cache; the manager must grant them")
 
     def _make_room(self, rank: _Rank, p: _Pass, req: LlmRequest, need: int,
                    later: Sequence[LlmRequest]) -> bool:

@@ -144,6 +144,7 @@ class TorchSlots:
         self.m = Manager(config, policy, device=device, kv_width=1,
                          max_pages_per_request=max_pages_per_request)
         self.counters = Counters()
+        self._cols = _CpuColumns(self.m) if self.m.device.type == "cpu" else None
         self._slot: dict[int, int] = {}
         self._free = list(range(config.num_requests - 1, -1, -1))
         self._asked: int | None = None
@@ -238,9 +239,13 @@ class TorchSlots:
         return rid in self._slot
 
     def get_status(self, rid: int) -> int:
+        if self._cols is not None:
+            return int(self._cols.status[self._slot_of(rid)])
         return self.m.get_status(self._slot_of(rid))
 
     def get_capacity(self, rid: int) -> int:
+        if self._cols is not None:
+            return int(self._cols.capacity[self._slot_of(rid)])
         return self.m.get_capacity(self._slot_of(rid))
 
     def get_history(self, rid: int) -> int:
@@ -261,9 +266,13 @@ class TorchSlots:
     def generation_pages_needed(self, req: LlmRequest) -> int:
         """Growth pages of ``try_allocate_generation`` plus the recall of host pages."""
         slot = self._slot_of(req.request_id)
-        cap = self.m.get_capacity(slot)
+        cols = self._cols
+        if cols is not None:
+            cap, host = int(cols.capacity[slot]), int(cols.host_count[slot])
+        else:
+            cap, host = self.m.get_capacity(slot), self.m.get_host_pages(slot)
         b = self.config.blocks
-        return b(cap + 1 + req.draft_len) - b(cap) + self.m.get_host_pages(slot)
+        return b(cap + 1 + req.draft_len) - b(cap) + host
 
     def num_available_gpu_pages(self, exclude: int | None = None) -> int:
         """Free GPU pages plus min(evictable GPU pages of other caches, free host pages)."""
@@ -304,12 +313,34 @@ class TorchSlots:
             return
         rids = list(self._slot)
         slots = [self._slot[r] for r in rids]
-        gpu = self.m.gpu.count[slots].tolist()
-        host = self.m.host.count[slots].tolist()
-        hist = self.m.cache.history[slots].tolist()
+        cols = self._cols
+        if cols is not None:
+            gpu = cols.gpu_count[slots].tolist()
+            host = cols.host_count[slots].tolist()
+            hist = cols.history[slots].tolist()
+        else:
+            gpu = self.m.gpu.count[slots].tolist()
+            host = self.m.host.count[slots].tolist()
+            hist = self.m.cache.history[slots].tolist()
         b = self.config.blocks
         for rid, g, h, hi in zip(rids, gpu, host, hist, strict=True):
             yield rid, int(g), int(h), int(g) + int(h) - b(int(hi))
+
+
+class _CpuColumns:
+    """NumPy views of a CPU torch manager's per-slot columns (the same memory: the manager
+    updates its tensors in place and never replaces them), for the executor's per-request
+    queries: a NumPy element read costs ~0.1 us against ~5 us for a checked ``.item()``
+    through the manager. Read-only by convention; CPU only (a CUDA tensor has no view)."""
+
+    __slots__ = ("capacity", "gpu_count", "history", "host_count", "status")
+
+    def __init__(self, m: Any) -> None:
+        self.capacity = m.cache.capacity.numpy()
+        self.history = m.cache.history.numpy()
+        self.status = m.cache.status.numpy()
+        self.gpu_count = m.gpu.count.numpy()
+        self.host_count = m.host.count.numpy()
 
 
 def manager_factory(backend: str, max_pages_per_request: int | None = None,

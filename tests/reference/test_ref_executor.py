@@ -277,12 +277,19 @@ class _Batched(ReferenceKVCacheManager):
                 for q in reqs]
 
 
-def _busy(factory: object, batch: bool = True) -> ReferenceExecutor:
-    """busy_executor's executor and requests, on managers made by ``factory``."""
+BUSY = [dict(), dict(tokens_per_block=1, num_gpu_pages=60),
+        dict(tokens_per_block=2, num_gpu_pages=30, num_host_pages=0)]
+"""Pools for the batched-growth tests: the busy executor's, then tighter ones where several
+growths of one pass compete for the last free pages (with and without a host tier)."""
+
+
+def _busy(factory: object, batch: bool = True, **changes: object) -> ReferenceExecutor:
+    """busy_executor's executor and requests (config ``changes`` applied), on managers made
+    by ``factory``."""
     cfg = Config(tokens_per_block=4, num_gpu_pages=12, num_host_pages=40, num_requests=16,
-                 max_num_tokens=64, max_batch_size=8)
+                 max_num_tokens=64, max_batch_size=8).replace(**changes)
     ex = ReferenceExecutor(cfg, get_policy("pr13805-reviewed"), seed=1,
-                           batch_in_place_growth=batch,
+                           batch_growth=batch,
                            manager_factory=factory)  # type: ignore[arg-type]
     rng = random.Random(5)
     for i in range(20):
@@ -291,31 +298,34 @@ def _busy(factory: object, batch: bool = True) -> ReferenceExecutor:
     return ex
 
 
-def _run_busy(factory: object, batch: bool = True) -> list[object]:
-    ex = _busy(factory, batch)
+def _run_busy(factory: object, batch: bool = True, **changes: object) -> list[object]:
+    ex = _busy(factory, batch, **changes)
     return [ex.run(400), [m.snapshot_state() for m in ex.managers]]
 
 
-def test_in_place_growths_go_to_the_batch_call_with_the_same_run() -> None:
-    """Growths within a cache's last page are one batch call per pass (the torch manager's
-    vectorized call) and the run is the one the single calls give, under pressure."""
+@pytest.mark.parametrize("changes", BUSY)
+def test_growths_from_free_pages_go_to_batch_calls_with_the_same_run(
+        changes: dict[str, object]) -> None:
+    """Runs of growths that the free pages cover are one batch call each (the torch
+    manager's vectorized call), and the run, pages included, is the one the single calls
+    in list order give, under pressure (suspends, evictions, recompute pauses)."""
     made: list[_Batched] = []
 
     def batched(config: Config, policy: Policy) -> _Batched:
         made.append(_Batched(config, policy))
         return made[0]
 
-    run = _run_busy(batched)
-    assert run == _run_busy(None) == _run_busy(None, batch=False)
+    run = _run_busy(batched, **changes)
+    assert run == _run_busy(None, **changes) == _run_busy(None, batch=False, **changes)
     batches = made[0].batches
     assert batches and max(map(len, batches)) > 1
     assert all(len(set(b)) == len(b) for b in batches)
 
 
-def test_a_refused_in_place_growth_is_a_manager_bug() -> None:
+def test_a_refused_growth_from_free_pages_is_a_manager_bug() -> None:
     ex = _busy(_Batched)
     mgr = ex.managers[0]
     assert isinstance(mgr, _Batched)
     mgr.refuse = set(range(20))
-    with pytest.raises(ProtocolError, match="needs no new page"):
+    with pytest.raises(ProtocolError, match="fit in the"):
         ex.run(400)
