@@ -41,13 +41,21 @@ from kvspec.conformance import impls
 from kvspec.conformance.lockstep import Lockstep
 from kvspec.conformance.walker import Sampler
 from kvspec.policy import get_policy
+try:  # guard tables shared by the walks, as kvspec check shares them (where they exist)
+    from kvspec.spec.walker import DecidedGuards
+except ImportError:
+    DecidedGuards = None
 config, policy = Config(num_requests=2), get_policy({policy!r})
 n = 0
+decided = None
 t = time.process_time()
 for seed in range({walks}):
     rng = random.Random(seed)
     lock = Lockstep(impls.reference, config, policy)
-    sampler = Sampler(lock.model, rng)
+    if DecidedGuards is not None and decided is None:
+        decided = DecidedGuards(lock.model)
+    sampler = (Sampler(lock.model, rng) if decided is None
+               else Sampler(lock.model, rng, None, decided))
     for _ in range(60):
         step = sampler.draw(lock.state)
         if step is None:

@@ -1,4 +1,4 @@
-"""The walker's plan table (``spec/walker.py: _Decided``, bounded by ``PLAN_CACHE_SIZE``): its
+"""The walker's plan table (``spec/walker.py: DecidedGuards``, bounded by ``PLAN_CACHE_SIZE``): its
 size and memory after a walk, and the walk's steps/s with the bound against without it.
 
 * ``sizes``: per request count, the plans kept, the plans a walk met, the lookups that
@@ -61,10 +61,10 @@ def _deep_size(table: dict[Any, Any]) -> int:
 
 
 def sizes(requests: int, steps: int, policy: str, max_plans: int) -> dict[str, Any]:
-    """One walk with a spy on ``_Decided``: table size, keys met, rebuilds, bytes."""
+    """One walk with a spy on ``DecidedGuards``: table size, keys met, rebuilds, bytes."""
     made: list[Any] = []
 
-    class Spy(walker._Decided):
+    class Spy(walker.DecidedGuards):
         def __init__(self, m: Any) -> None:
             super().__init__(m, max_plans=max_plans)
             self.keys: set[tuple[int, ...]] = set()
@@ -80,13 +80,13 @@ def sizes(requests: int, steps: int, policy: str, max_plans: int) -> dict[str, A
             self.built += i == 0  # a plan is built action by action, from action 0
             return super()._plan(i, s, key)
 
-    original = walker._Decided
-    walker._Decided = Spy
+    original = walker.DecidedGuards
+    walker.DecidedGuards = Spy
     try:
         walker.walk(Config(num_requests=requests), get_policy(policy), steps=steps, seed=1,
                     shrink=False, witnesses=False)
     finally:
-        walker._Decided = original
+        walker.DecidedGuards = original
     d = made[0]
     return {"requests": requests, "max_plans": max_plans, "plans_kept": len(d._plans),
             "keys_met": len(d.keys), "lookups": d.lookups, "plans_built": d.built,
@@ -97,15 +97,15 @@ def ab(requests: int, steps: int, repeats: int, policy: str,
        before: str | None) -> dict[str, Any]:
     """Interleaved steps/s of the variants (module docstring)."""
     walks: dict[str, Callable[..., Any]] = {"bounded": walker.walk}
-    unbounded = functools.partial(walker._Decided, max_plans=UNBOUNDED)
+    unbounded = functools.partial(walker.DecidedGuards, max_plans=UNBOUNDED)
 
     def walk_unbounded(*args: Any, **kwargs: Any) -> Any:
-        original = walker._Decided
-        walker._Decided = unbounded
+        original = walker.DecidedGuards
+        walker.DecidedGuards = unbounded
         try:
             return walker.walk(*args, **kwargs)
         finally:
-            walker._Decided = original
+            walker.DecidedGuards = original
 
     walks["unbounded"] = walk_unbounded
     if before is not None:

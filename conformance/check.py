@@ -28,6 +28,7 @@ from kvspec.errors import InvalidArgument
 from kvspec.policy import PRESETS, Policy, get_policy
 from kvspec.spec.coverage import Coverage
 from kvspec.spec.trace import Step, Trace
+from kvspec.spec.walker import DecidedGuards
 
 from .adapter import Factory, resolve_factory
 from .lockstep import Lockstep, run_steps
@@ -325,6 +326,7 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
     """
     res = TierResult("walker", runs_total=walks)
     latch = latch if latch is not None else InterruptLatch()
+    tables: dict[int, DecidedGuards] = {}   # per config: the guard tables every walk shares
     t0 = time.perf_counter()
     try:
         for w in range(walks):
@@ -337,7 +339,10 @@ def walk(factory: Factory, configs: Sequence[Config], policy: Policy, *, walks: 
             div = lock.initial_divergence()
             plan = (Swarm.draw(lock.model, random.Random(f"{seed}:{w}:swarm:{policy.name}"))
                     if swarm else Swarm())
-            sampler = Sampler(lock.model, random.Random(f"{seed}:{w}"), plan)
+            decided = tables.get(ci)
+            if decided is None:
+                decided = tables[ci] = DecidedGuards(lock.model)
+            sampler = Sampler(lock.model, random.Random(f"{seed}:{w}"), plan, decided)
             for _ in range(length):
                 if div is not None:
                     break

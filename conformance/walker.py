@@ -26,6 +26,7 @@ from typing import Any
 from kvspec.spec.model import Model
 from kvspec.spec.registry import Action
 from kvspec.spec.state import State
+from kvspec.spec.walker import DecidedGuards
 
 SMALL_DOMAIN = 8
 """Argument domains up to this many tuples are enumerated; larger ones are sampled."""
@@ -119,6 +120,7 @@ class Swarm:
 @dataclass
 class _Plan:
     action: Action
+    index: int  # the action's position in the registry (its row in DecidedGuards' plans)
     slots: range
     combos: list[dict[str, Any]] | None  # every tuple, when small
     names: tuple[str, ...]
@@ -131,15 +133,19 @@ class Sampler:
     """Draws one enabled (action, slot, args) of a model state with a seeded RNG.
 
     ``swarm`` (None: :class:`Swarm()`, every action uniformly) leaves actions out and biases
-    arguments; draws then stay deterministic for a seeded ``rng``.
+    arguments; draws then stay deterministic for a seeded ``rng``. ``decided``: guard tables
+    (:class:`~kvspec.spec.walker.DecidedGuards`) of a model with the same config and policy,
+    shared by the samplers of many walks so that each key is learnt once (None: new ones).
     """
 
-    def __init__(self, model: Model, rng: random.Random, swarm: Swarm | None = None) -> None:
+    def __init__(self, model: Model, rng: random.Random, swarm: Swarm | None = None,
+                 decided: DecidedGuards | None = None) -> None:
         self.model, self.rng = model, rng
         self.swarm = swarm if swarm is not None else Swarm()
         k = model.config
+        self.decided = decided if decided is not None else DecidedGuards(model)
         self.plans: list[_Plan] = []
-        for a in model.actions:
+        for index, a in enumerate(model.actions):
             if a.name in self.swarm.dropped:
                 continue
             names = tuple(p.name for p in a.params)
@@ -148,18 +154,18 @@ class Sampler:
             for d in domains:
                 size *= len(d)
             combos = a.argument_tuples(k) if size <= SMALL_DOMAIN or a.demand else None
-            plan = _Plan(a, a.slots(k), combos, names, domains)
+            plan = _Plan(a, index, a.slots(k), combos, names, domains)
             weights = tuple(self.swarm.weights(a.name, n, len(d)) if d else None
                             for n, d in zip(names, domains))
             if any(w is not None for w in weights):
                 if combos is None:
                     plan.weights = weights
                 else:
-                    index = [{v: i for i, v in enumerate(d)} for d in domains]
+                    positions = [{v: i for i, v in enumerate(d)} for d in domains]
                     plan.combo_weights = []
                     for args in combos:
                         w = 1
-                        for n, ws, ix in zip(names, weights, index):
+                        for n, ws, ix in zip(names, weights, positions):
                             if ws is not None and n in args:
                                 w *= ws[ix[args[n]]]
                         plan.combo_weights.append(w)
@@ -167,40 +173,55 @@ class Sampler:
 
     def draw(self, s: State) -> tuple[str, int, dict[str, Any]] | None:
         """An enabled step of ``s`` (an evicting one without its victims) or None when the
-        model is stuck (never in practice)."""
+        model is stuck (never in practice).
+
+        Guards that the state's small fields decide (:class:`DecidedGuards`) are looked up
+        instead of called; the random draws are made as without the tables, so a seed
+        draws the same steps. Cost: the undecided guards, for every slot and argument tuple.
+        """
         ctx, rng = self.model.ctx, self.rng
+        decided = self.decided.guards(s)
+        off = self.decided.off
         groups: list[list[tuple[str, int, dict[str, Any]]]] = []
         group_weights: list[list[int] | None] = []
         for p in self.plans:
+            values = decided[p.index]
+            if values is off[p.index] and p.combos is not None:
+                continue                    # disabled on every slot; draws nothing
             guard, name = p.action.guard, p.action.name
             found: list[tuple[str, int, dict[str, Any]]] = []
             found_w: list[int] | None = None
             for r in p.slots:
+                value = values[r]
                 if p.action.demand is not None:
                     # the victims are the implementation's choice: the lockstep reads them
                     pre = p.action.precondition
                     assert pre is not None and p.combos is not None
-                    found.extend((name, r, args) for args in p.combos if pre(ctx, s, r, **args))
+                    if value is not False:
+                        found.extend((name, r, args) for args in p.combos
+                                     if value or pre(ctx, s, r, **args))
                 elif p.combos is not None:
+                    if value is False:
+                        continue
                     cw = p.combo_weights
                     if cw is None:
                         for args in p.combos:
-                            if guard(ctx, s, r, **args):
+                            if value or guard(ctx, s, r, **args):
                                 found.append((name, r, args))
                     else:
                         found_w = [] if found_w is None else found_w
                         for args, w in zip(p.combos, cw):
-                            if guard(ctx, s, r, **args):
+                            if value or guard(ctx, s, r, **args):
                                 found.append((name, r, args))
                                 found_w.append(w)
                 elif p.weights:
                     args = {n: (rng.choice(d) if w is None else rng.choices(d, w)[0])
                             for n, d, w in zip(p.names, p.domains, p.weights)}
-                    if guard(ctx, s, r, **args):
+                    if value or (value is None and guard(ctx, s, r, **args)):
                         found.append((name, r, args))
                 else:
                     args = {n: rng.choice(d) for n, d in zip(p.names, p.domains)}
-                    if guard(ctx, s, r, **args):
+                    if value or (value is None and guard(ctx, s, r, **args)):
                         found.append((name, r, args))
             if found:
                 groups.append(found)

@@ -123,29 +123,33 @@ class Model:
         return v
 
     def victim_options(self, s: State, a: Action, r: int,
-                       fixed: Mapping[str, Any] | None = None) -> list[tuple[int, ...]]:
+                       fixed: Mapping[str, Any] | None = None, *,
+                       holds: bool = False) -> list[tuple[int, ...]]:
         """The admissible ``demote`` vectors of evicting action ``a`` on slot ``r`` with the
         other arguments ``fixed`` (none when its precondition is false, or it does not
-        evict). Cost: a precondition, one demand, O(choices)."""
+        evict). ``holds``: the caller knows the precondition holds (it is not called).
+        Cost: a precondition, one demand, O(choices)."""
         pre, c = a.precondition, self.ctx
-        if a.demand is None or pre is None or not pre(c, s, r, **(fixed or {})):
+        if a.demand is None or pre is None or not (holds or pre(c, s, r, **(fixed or {}))):
             return []
         total = int(a.demand(c, s, r))
         if total == 0:
             return [self._zeros]
         return victim_choices([int(x) for x in victim_caps(c, s, r)], total)
 
-    def arguments(self, s: State, a: Action, r: int) -> list[dict[str, Any]]:
+    def arguments(self, s: State, a: Action, r: int, *, holds: bool = False
+                  ) -> list[dict[str, Any]]:
         """The argument assignments generators try for ``a`` on slot ``r`` in ``s``: the
         fixed tuples (guards not checked), and for an action that evicts, every admissible
         ``demote`` vector when its precondition holds, else none (so every assignment
-        returned for an evicting action is enabled). Cost: O(1) for actions that do not
+        returned for an evicting action is enabled). ``holds``: the caller knows the
+        precondition holds for every fixed tuple. Cost: O(1) for actions that do not
         evict; for those that do, a precondition, one demand evaluation and O(choices)."""
         fixed = self._arg_tuples[a.name]
         if a.demand is None:
             return fixed
         return [{**args, "demote": v} for args in fixed
-                for v in self.victim_options(s, a, r, args)]
+                for v in self.victim_options(s, a, r, args, holds=holds)]
 
     def enabled_args(self, s: State, a: Action, r: int) -> list[dict[str, Any]]:
         """Every enabled argument assignment of ``a`` on slot ``r`` in ``s`` (the fixed

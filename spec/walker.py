@@ -25,6 +25,7 @@ from kvspec.policy import Policy
 from .invariants import PROPERTIES, Property
 from .model import Model, transition
 from .ops import UNKNOWN, ConcreteOps, ThreeValuedOps
+from .readset import ReadSetMemo
 from .registry import Action, Ctx
 from .state import REQ_BOOL_FIELDS, STATE_BOOL_FIELDS, Req, State
 from .trace import Step, Trace, with_digests
@@ -64,7 +65,7 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
 
     Cost: one model step plus the invariant checks per step (tens of microseconds); the
     guards and invariants that a state's small fields decide are looked up, not called
-    (:class:`_Decided`), and the walk is the one the plain rejection sampler draws.
+    (:class:`DecidedGuards`), and the walk is the one the plain rejection sampler draws.
 
     Raises:
         InvalidArgument: ``steps`` < 0 or ``walk_length`` < 1.
@@ -73,10 +74,11 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
         raise InvalidArgument(f"walk: steps={steps} must be >= 0, walk_length={walk_length} >= 1")
     m = Model(config, policy)
     rng = random.Random(seed)
-    decided = _Decided(m)
+    decided = DecidedGuards(m)
     pick = _step_picker(m, rng, decided)
     out = WalkResult()
-    checks = [(p.id, p.check) for p in properties]
+    # a check's results remembered by the fields it reads (a few hundred keys per walk)
+    checks = [(p.id, ReadSetMemo(p.check, m.ctx)) for p in properties]
     wit = [p for p in PROPERTIES if p.applies(policy)] if witnesses else []
     ctx = m.ctx
     actions = out.actions
@@ -163,7 +165,7 @@ def _picker(m: Model, rng: random.Random
     return pick_named
 
 
-def _step_picker(m: Model, rng: random.Random, decided: _Decided | None = None
+def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = None
                  ) -> Callable[[State], tuple[Action, int, dict[str, Any]] | None]:
     """Uniform over actions in a random order; for each, one random slot and argument tuple
     against its guard (an evicting action's candidates are enabled already); the first
@@ -172,14 +174,14 @@ def _step_picker(m: Model, rng: random.Random, decided: _Decided | None = None
 
     The draws and their order are part of the walk's seeded determinism and stay as they
     are; what is saved is guard work. A guard (an evicting action's precondition) that the
-    state's small fields decide (:class:`_Decided`) is looked up instead of called; an
+    state's small fields decide (:class:`DecidedGuards`) is looked up instead of called; an
     evicting action's admissible victims are computed once per pick and slot; in the second
     pass a guard whose value does not depend on the arguments in this state is called once
     instead of once per argument tuple (:func:`_argument_free_value`). Cost: a shuffle, the
     guards not decided by small fields, the victims of the evicting actions tried."""
     c = m.ctx
     arguments = m.arguments
-    decided = decided if decided is not None else _Decided(m)
+    decided = decided if decided is not None else DecidedGuards(m)
     plan_of = decided.guards
     off = decided.off
     acts = [(a, a.demand is not None, a.per_request, a.guard,
@@ -203,7 +205,8 @@ def _step_picker(m: Model, rng: random.Random, decided: _Decided | None = None
             r = int(rand() * n) if per_request else 0
             value = plan[i][r]
             if evicts:
-                options = victims[i, r] = [] if value is False else arguments(s, a, r)
+                options = victims[i, r] = [] if value is False else arguments(
+                    s, a, r, holds=value is True)
                 if options:
                     return a, r, options[int(rand() * len(options))]
                 continue
@@ -222,7 +225,7 @@ def _step_picker(m: Model, rng: random.Random, decided: _Decided | None = None
                     continue
                 if evicts:
                     got = victims.get((i, r))
-                    options = arguments(s, a, r) if got is None else got
+                    options = arguments(s, a, r, holds=value is True) if got is None else got
                     if options:
                         return a, r, options[0]
                     continue
@@ -278,7 +281,7 @@ def _fast_shuffle(rng: random.Random, size: int) -> Callable[[list[int]], None]:
 
 
 PLAN_CACHE_SIZE = 4096
-"""The most per-key guard plans a :class:`_Decided` keeps (least recently used dropped
+"""The most per-key guard plans a :class:`DecidedGuards` keeps (least recently used dropped
 first). The cap holds every plan a walk meets at up to 3 requests (2,539 in 30,000 steps at
 3 requests, ``pr13805``) and bounds the table beyond that, where the keys multiply with the
 slots: at 6 requests 15,847 plans met in 30,000 steps, ~1.8 MB kept instead of ~10 MB
@@ -286,11 +289,11 @@ slots: at 6 requests 15,847 plans met in 30,000 steps, ~1.8 MB kept instead of ~
 ``benchmarks/bench_walker_plans.py`` measures it."""
 
 STATE_KEY_FIELDS = ("stage",)
-"""Besides its bool fields, the state fields that key :class:`_Decided`'s tables."""
+"""Besides its bool fields, the state fields that key :class:`DecidedGuards`'s tables."""
 REQ_KEY_FIELDS = ("phase", "status")
-"""Besides its bool fields, the request fields that key :class:`_Decided`'s tables."""
+"""Besides its bool fields, the request fields that key :class:`DecidedGuards`'s tables."""
 
-class _Decided:
+class DecidedGuards:
     """Guards and invariants that a state's small fields decide, learnt once per key.
 
     The key of a state is its stage and bool fields (:data:`STATE_KEY_FIELDS`); for a guard
@@ -318,7 +321,7 @@ class _Decided:
 
     def __init__(self, m: Model, max_plans: int = PLAN_CACHE_SIZE) -> None:
         if max_plans < 1:
-            raise InvalidArgument(f"_Decided: max_plans={max_plans} must be >= 1")
+            raise InvalidArgument(f"DecidedGuards: max_plans={max_plans} must be >= 1")
         self._acts = m.actions
         self._n = m.config.num_requests
         concrete = m.ctx.o

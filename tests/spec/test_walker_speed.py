@@ -21,7 +21,7 @@ from kvspec.spec.invariants import PROPERTIES
 from kvspec.spec.model import Model, transition
 from kvspec.spec.ops import UNKNOWN, ConcreteOps, ThreeValuedOps
 from kvspec.spec.state import Req, State
-from kvspec.spec.walker import STAGE_ACTION_WEIGHT, _Decided, _shuffler, _step_picker
+from kvspec.spec.walker import STAGE_ACTION_WEIGHT, DecidedGuards, _shuffler, _step_picker
 
 CONFIGS: dict[str, Config] = {
     # delay batching by batch waiting (the default waits on nothing)
@@ -67,7 +67,7 @@ def _plain_picker(m: Model, rng: random.Random
     return pick
 
 
-def _same_draws(m: Model, steps: int, decided: _Decided | None = None) -> None:
+def _same_draws(m: Model, steps: int, decided: DecidedGuards | None = None) -> None:
     """The walker's picker (with ``decided``'s tables) and the plain rejection sampler, fed
     the same seed, pick the same step in every state of a ``steps``-pick walk."""
     fast, plain = _step_picker(m, random.Random(5), decided), _plain_picker(m, random.Random(5))
@@ -92,7 +92,7 @@ def test_the_picker_draws_as_the_plain_rejection_sampler_at_three_requests() -> 
 
 def test_a_bounded_plan_cache_changes_no_draw() -> None:
     m = Model(Config(num_requests=3), get_policy("pr13805"))
-    decided = _Decided(m, max_plans=4)
+    decided = DecidedGuards(m, max_plans=4)
     seen: set[tuple[int, ...]] = set()
     keys = decided._key
 
@@ -105,13 +105,13 @@ def test_a_bounded_plan_cache_changes_no_draw() -> None:
     _same_draws(m, 250, decided)
     assert len(decided._plans) == 4 < len(seen)  # plans were dropped and rebuilt
     with pytest.raises(InvalidArgument, match="max_plans=0"):
-        _Decided(m, max_plans=0)
+        DecidedGuards(m, max_plans=0)
 
 
 @pytest.mark.parametrize("name,config", GRID)
 def test_decided_guards_and_invariants_equal_the_calls(name: str, config: str) -> None:
     m = Model(CONFIGS[config], get_policy(name))
-    decided = _Decided(m)
+    decided = DecidedGuards(m)
     props = [(p.id, p.check) for p in PROPERTIES]
     learnt = 0
     for s in walk_states(m, random.Random(3), 60, restart_every=30):
