@@ -31,6 +31,7 @@ from kvspec.spec.trace import Step, Trace
 from kvspec.spec.walker import DecidedGuards
 
 from .adapter import Factory, resolve_factory
+from .detect import EXECUTOR_IDS
 from .lockstep import Lockstep, run_steps
 from .misuse import MisuseFinding, merge, render_warnings
 from .report import Divergence, TierResult, impl_label, render_config
@@ -221,12 +222,22 @@ class CheckReport:
         return ["  " + ln for ln in self.coverage.lines()]
 
     def model_violation_lines(self) -> list[str]:
-        """One line naming the model's own violations ([] when there were none)."""
+        """One line naming the model's own violations ([] when there were none): those of a
+        manager, which the implementation showed at the same steps, and those of the
+        executor's decision (:data:`~kvspec.conformance.detect.EXECUTOR_IDS`), which the
+        driver took from the model."""
         ids = self.model_violations
         if not ids:
             return []
+        managed = [i for i in ids if i not in EXECUTOR_IDS]
+        decided = [i for i in ids if i in EXECUTOR_IDS]
+        why = []
+        if managed:
+            why.append(f"the implementation showed {', '.join(managed)} at the same steps")
+        if decided:
+            why.append(f"{', '.join(decided)}: the executor's decision, taken from the model")
         return [f"  model: policy {self.policy} itself violates {', '.join(ids)} on the way"
-                " (the implementation showed the same violations at the same steps)"]
+                f" ({'; '.join(why)})"]
 
     @property
     def verdict(self) -> str:

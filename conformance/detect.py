@@ -21,8 +21,15 @@ FLAG_IDS: dict[str, str] = {
     "v_len": "INV-LEN", "v_swa_rewind": "SWA-REWIND", "v_atomic": "INV-ATOMIC",
     "v_stale_snapshot": "NO-STALE-SNAPSHOT", "v_revert_floor": "REVERT-FLOOR",
     "v_suspend_precap": "SUSPEND-PRECAP", "v_gen_once": "GEN-EXACTLY-ONCE",
-    "v_deferred_hold": "NO-DEFERRED-HOLD", "v_resume_gate": "RESUME-GATE"}
+    "v_deferred_hold": "NO-DEFERRED-HOLD", "v_resume_gate": "RESUME-GATE",
+    "v_decision": "DECISION-IS-ADMISSION", "v_budget": "BUDGET-CONSISTENT"}
 """The model's ghost violation flags and the invariant ids they stand for."""
+
+EXECUTOR_IDS = frozenset({"DECISION-IS-ADMISSION", "BUDGET-CONSISTENT"})
+"""Properties of the executor's delay-batching decision, not of a manager: the driver takes
+the model's decision (``decide``'s arguments), so a violation is the model's alone. The
+lockstep lists them among the model's violations and leaves them out of the per-step
+comparison with what the implementation shows."""
 
 _ATOMIC = tuple(_F[f] for f in ("capacity", "history", "committed", "pos", "draft_record"))
 _REVERT_ATOMIC = tuple(_F[f] for f in ("capacity", "history", "committed", "pos", "snapshot",

@@ -26,7 +26,7 @@ from kvspec.spec.state import State
 from kvspec.spec.trace import Step, Trace, with_digests
 
 from .adapter import Factory, make_manager
-from .detect import FLAG_IDS
+from .detect import EXECUTOR_IDS, FLAG_IDS
 from .driver import OBS_FIELDS, Driver, Observation, abstract, structure
 from .driver import F as _F
 from .misuse import MisuseFinding
@@ -216,7 +216,8 @@ class Lockstep:
         self.obs = got.fields
         self.last_model_violations = model_new
         self.last_impl_violations = got.violated
-        exp = Expected(name, model_observation(new_state, self._mask), model_new,
+        exp = Expected(name, model_observation(new_state, self._mask),
+                       model_new - EXECUTOR_IDS,
                        expected_result, m.action(name).returns)
         found, tolerated = compare(exp, got, step=len(self.steps), strict=self.strict)
         diffs.extend(found)
@@ -299,7 +300,8 @@ class Lockstep:
         self.obs = got.fields
         model_new = frozenset().union(*(v for _, _, v, _ in batch))
         self.last_model_violations, self.last_impl_violations = model_new, got.violated
-        exp = Expected("forward", model_observation(self.state, self._mask), model_new,
+        exp = Expected("forward", model_observation(self.state, self._mask),
+                       model_new - EXECUTOR_IDS,
                        None, False)
         diffs, tolerated = compare(exp, got, step=len(self.steps), strict=self.strict)
         self._tolerate(tolerated)
