@@ -482,6 +482,9 @@ class ReferenceExecutor:
                 forwarded.append(q.request_id)
                 if q.context_current_position == q.prompt_len:
                     q.state = RequestState.GENERATION_IN_PROGRESS
+                    if q.max_new_tokens == 0:   # the last chunk's token was its only one
+                        finished.append(q.request_id)
+                        rank.finishing.append(q)
             rng = self._rng
             draw = rng.random
             acc = [int(draw() * (q.draft_len + 1)) if q.draft_len else 0 for q in p.gen]

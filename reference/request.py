@@ -31,7 +31,9 @@ class LlmRequest:
         state: Life-cycle state.
         py_ctx_pre_resize_cap: Capacity before this iteration's growing ``resize_context``, or
             None; consumed by ``revert_allocate_context``.
-        max_new_tokens: Tokens to generate before the request finishes (executor only).
+        max_new_tokens: Tokens the generation steps make before the request finishes, after
+            the one its last context chunk makes (executor only); 0: that token is the only
+            one, the request finishes with its context.
         num_generated_tokens: Tokens generated so far (executor only).
     """
 
@@ -47,7 +49,7 @@ class LlmRequest:
 
     def __post_init__(self) -> None:
         for name, low in (("prompt_len", 1), ("context_chunk_size", 1), ("draft_len", 0),
-                          ("context_current_position", 0), ("max_new_tokens", 1),
+                          ("context_current_position", 0), ("max_new_tokens", 0),
                           ("num_generated_tokens", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -255,11 +255,10 @@ def _run(policy: Policy, workload: Workload, config: Config, ranks: int, seed: i
     while True:
         while k < n and arrivals[k].arrival_s <= clock:
             a = arrivals[k]
-            # the context iteration makes the first token, generation steps the others; the
-            # executor finishes a request only after a generation step, so output 1 runs one
-            # (its completion is still recorded at the first token, below)
+            # the context iteration makes the first token, generation steps the others (an
+            # output of 1 token finishes with its context: max_new_tokens 0)
             q = LlmRequest(k, prompt_len=a.prompt_tokens, context_chunk_size=chunk,
-                           draft_len=draft, max_new_tokens=max(1, a.output_tokens - 1))
+                           draft_len=draft, max_new_tokens=a.output_tokens - 1)
             reqs.append(q)
             track.append(_Tracker(ex.iteration + 1, ex.add_request(q)))
             k += 1

@@ -329,3 +329,22 @@ def test_a_refused_growth_from_free_pages_is_a_manager_bug() -> None:
     mgr.refuse = set(range(20))
     with pytest.raises(ProtocolError, match="fit in the"):
         ex.run(400)
+
+
+def test_a_request_with_no_new_tokens_finishes_with_its_context() -> None:
+    """max_new_tokens=0: the last context chunk's token is the only one; the request
+    finishes in that iteration, never grows for generation, and is freed at the next start."""
+    ex = ReferenceExecutor(Config(tokens_per_block=4, num_gpu_pages=8, num_requests=4,
+                                  max_num_tokens=64, attention_dp=False),
+                           get_policy("pr14849"))
+    req = LlmRequest(0, prompt_len=6, context_chunk_size=4, max_new_tokens=0)
+    ex.add_request(req)
+    first, last = ex.step()[0], ex.step()[0]
+    assert first.finished == () and last.finished == (0,) and last.forwarded == (0,)
+    mgr = ex.managers[0]
+    assert mgr.get_capacity(0) == 6 and mgr.num_free_gpu_pages == 6
+    ex.step()
+    assert ex.num_unfinished() == 0 and mgr.num_free_gpu_pages == 8
+    assert req.state is RequestState.GENERATION_COMPLETE and req.num_generated_tokens == 0
+    with pytest.raises(InvalidArgument, match="max_new_tokens=-1"):
+        LlmRequest(1, prompt_len=2, context_chunk_size=2, max_new_tokens=-1)

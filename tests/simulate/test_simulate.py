@@ -373,6 +373,9 @@ def test_an_output_of_one_token_completes_at_the_first_token() -> None:
     assert req.ttft_iterations == req.completion_iterations == 1
     assert req.completion_s == req.ttft_s == pytest.approx(0.0102)
     assert run.summary.finished == 1
+    # no generation step: the context iteration, then its pages freed at the next start
+    assert [(m.active_pages, m.free_pages, m.ctx_tokens, m.gen_tokens, m.batch_size)
+            for m in run.iterations] == [(2, 6, 4, 0, 1), (0, 8, 0, 0, 0)]
 
 
 def test_api_refuses_a_bare_string_and_sizes_above_the_config() -> None:
