@@ -60,6 +60,8 @@ class Model:
         self._arg_tuples = {a.name: a.argument_tuples(config) for a in self.actions}
         self._victim_slots = victim_slots(self.ctx, self.initial())
         self._zeros = (0,) * self._victim_slots
+        self.no_victims = self._zeros
+        """The ``demote`` vector of an evicting step that demotes nothing."""
 
     def initial(self) -> State:
         """The initial state: every slot empty, every page free."""

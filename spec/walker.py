@@ -189,6 +189,14 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
              m.arguments(m.initial(), a, 0) if a.demand is None else [],
              {p.name: UNKNOWN for p in a.params})
             for a in m.actions]
+    zeros = m.no_victims
+    # per evicting action, its fixed argument tuples (with "demote" added when it evicts
+    # nothing: what Model.arguments returns then)
+    fixed_of = [a.argument_tuples(m.config) for a in m.actions]
+
+    def no_eviction(i: int) -> list[dict[str, Any]]:
+        return [{**args, "demote": zeros} for args in fixed_of[i]]
+
     n = m.config.num_requests
     order = list(range(len(acts)))
     rand = rng.random
@@ -205,8 +213,9 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
             r = int(rand() * n) if per_request else 0
             value = plan[i][r]
             if evicts:
-                options = victims[i, r] = [] if value is False else arguments(
-                    s, a, r, holds=value is True)
+                options = victims[i, r] = (
+                    [] if value is False else no_eviction(i) if value is EVICTS_NOTHING
+                    else arguments(s, a, r, holds=value is True))
                 if options:
                     return a, r, options[int(rand() * len(options))]
                 continue
@@ -225,7 +234,8 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
                     continue
                 if evicts:
                     got = victims.get((i, r))
-                    options = arguments(s, a, r, holds=value is True) if got is None else got
+                    options = got if got is not None else no_eviction(i) \
+                        if value is EVICTS_NOTHING else arguments(s, a, r, holds=value is True)
                     if options:
                         return a, r, options[0]
                     continue
@@ -293,6 +303,25 @@ STATE_KEY_FIELDS = ("stage",)
 REQ_KEY_FIELDS = ("phase", "status")
 """Besides its bool fields, the request fields that key :class:`DecidedGuards`'s tables."""
 
+class _EvictsNothing:
+    """The plan value of an evicting action whose precondition holds and whose demand is 0
+    on every state with the key (truthy, like True): its only argument vector demotes
+    nothing, so the picker needs neither the precondition nor the demand."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "EVICTS_NOTHING"
+
+
+EVICTS_NOTHING = _EvictsNothing()
+PlanValue = bool | _EvictsNothing | None
+"""A guard's decided value on a key: True, False, :data:`EVICTS_NOTHING`, or None (call it)."""
+
+
 class DecidedGuards:
     """Guards and invariants that a state's small fields decide, learnt once per key.
 
@@ -305,7 +334,9 @@ class DecidedGuards:
     state with that key, whatever the other fields and arguments: it is kept and used in
     place of the call. Anything else (an unknown result, code that branches on an unknown)
     keeps the call. Sound for code written against the ops interface, i.e. code that also
-    runs on z3 variables (the rule in docs/model.md, "One spec, two readings").
+    runs on z3 variables (the rule in docs/model.md, "One spec, two readings"). An evicting
+    action's demand is learnt the same way where its precondition holds: a plain 0 makes the
+    value :data:`EVICTS_NOTHING` (no victims to compute).
 
     Per state key (the whole tuple of the state's and every slot's key), the guards' values
     form a *plan*, looked up once per pick. Plans are kept least recently used first and at
@@ -339,12 +370,12 @@ class DecidedGuards:
         unknown: dict[str, Any] = {f: UNKNOWN for f in State._fields if f != "reqs"}
         self._unknown_state = s0._replace(**unknown)
         self._ids: dict[Any, int] = {}
-        self._values: dict[tuple[int, int, int, int], bool | None] = {}
-        self._plans: OrderedDict[tuple[int, ...], list[Sequence[bool | None]]] = OrderedDict()
+        self._values: dict[tuple[int, int, int, int], PlanValue] = {}
+        self._plans: OrderedDict[tuple[int, ...], list[Sequence[PlanValue]]] = OrderedDict()
         self._max_plans = max_plans
         # one object per distinct plan row, shared by the plans that have it (kept for good:
         # 725 rows for 15,847 plans after 30,000 steps at 6 requests)
-        self._rows: dict[tuple[bool | None, ...], tuple[bool | None, ...]] = {}
+        self._rows: dict[tuple[PlanValue, ...], tuple[PlanValue, ...]] = {}
         self._checks: dict[int, list[tuple[str, Any]]] = {}
         self._last: tuple[State | None, tuple[int, ...]] = (None, ())
         self.off = [(False,) * (self._n if a.per_request else 1) for a in self._acts]
@@ -383,10 +414,12 @@ class DecidedGuards:
         return self._unknown_state._replace(reqs=tuple(reqs),
                                             **dict(zip(self._state_fields, state_key)))
 
-    def guards(self, s: State) -> list[Sequence[bool | None]]:
+    def guards(self, s: State) -> list[Sequence[PlanValue]]:
         """For state ``s``, per action (registry order) and slot: the value of the guard
         (an evicting action's precondition) for every argument tuple when the key decides
-        it, else None; ``off[i]`` for an action decided False on every slot."""
+        it, else None; :data:`EVICTS_NOTHING` (truthy) for an evicting action whose
+        precondition holds and whose demand the key decides to be 0; ``off[i]`` for an
+        action decided False on every slot."""
         key = self._key(s)
         plans = self._plans
         plan = plans.get(key)
@@ -399,7 +432,7 @@ class DecidedGuards:
             plans.move_to_end(key)
         return plan
 
-    def _plan(self, i: int, s: State, key: tuple[int, ...]) -> Sequence[bool | None]:
+    def _plan(self, i: int, s: State, key: tuple[int, ...]) -> Sequence[PlanValue]:
         a = self._acts[i]
         slots = range(self._n) if a.per_request else range(1)
         values = []
@@ -413,12 +446,20 @@ class DecidedGuards:
         row = tuple(values)
         return self._rows.setdefault(row, row)
 
-    def _learn_guard(self, a: Action, r: int, s: State) -> bool | None:
+    def _learn_guard(self, a: Action, r: int, s: State) -> PlanValue:
         guard = a.precondition if a.demand is not None else a.guard
         assert guard is not None
         args = {p.name: UNKNOWN for p in a.params if p.kind != "slots"}
         abstract = self._abstract(self._state_key(s), r, self._req_key(s.reqs[r]))
-        return _plain(guard, self._ctx, abstract, r, **args)
+        value = _plain(guard, self._ctx, abstract, r, **args)
+        if value is True and a.demand is not None:
+            try:
+                demand = a.demand(self._ctx, abstract, r)
+            except Exception:
+                demand = None
+            if type(demand) is int and demand == 0:
+                return EVICTS_NOTHING
+        return value
 
     def checks(self, s: State, props: Sequence[tuple[str, Any]]
                ) -> list[tuple[str, Any]]:

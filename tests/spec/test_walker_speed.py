@@ -21,7 +21,13 @@ from kvspec.spec.invariants import PROPERTIES
 from kvspec.spec.model import Model, transition
 from kvspec.spec.ops import UNKNOWN, ConcreteOps, ThreeValuedOps
 from kvspec.spec.state import Req, State
-from kvspec.spec.walker import STAGE_ACTION_WEIGHT, DecidedGuards, _shuffler, _step_picker
+from kvspec.spec.walker import (
+    EVICTS_NOTHING,
+    STAGE_ACTION_WEIGHT,
+    DecidedGuards,
+    _shuffler,
+    _step_picker,
+)
 
 CONFIGS: dict[str, Config] = {
     # delay batching by batch waiting (the default waits on nothing)
@@ -123,7 +129,9 @@ def test_decided_guards_and_invariants_equal_the_calls(name: str, config: str) -
                 learnt += 1
                 if a.demand is not None:
                     assert a.precondition is not None
-                    assert bool(a.precondition(m.ctx, s, r)) is value, (a.name, r)
+                    assert bool(a.precondition(m.ctx, s, r)) is bool(value), (a.name, r)
+                    if value is EVICTS_NOTHING:
+                        assert a.demand(m.ctx, s, r) == 0, (a.name, r)
                 else:
                     for args in m.arguments(s, a, r):
                         assert bool(a.guard(m.ctx, s, r, **args)) is value, (a.name, r, args)
@@ -182,3 +190,21 @@ def test_record_replace_is_the_namedtuple_one() -> None:
         q._replace(nope=1, history=1)
     s = State(reqs=(q,))
     assert s._replace(gpu_free=3) == State(reqs=(q,), gpu_free=3)
+
+
+@pytest.mark.parametrize("name", ["pr13805", "pr14849", "gate-before-resume"])
+def test_evicts_nothing_means_the_demand_is_zero(name: str) -> None:
+    """Where a plan says EVICTS_NOTHING, the precondition holds and the demand is 0."""
+    m = Model(Config(num_requests=3), get_policy(name))
+    decided = DecidedGuards(m)
+    seen = 0
+    for s in walk_states(m, random.Random(4), 200, restart_every=40):
+        plan = decided.guards(s)
+        for i, a in enumerate(m.actions):
+            for r, value in enumerate(plan[i]):
+                if value is EVICTS_NOTHING:
+                    seen += 1
+                    assert a.precondition is not None and a.demand is not None
+                    assert a.precondition(m.ctx, s, r) and a.demand(m.ctx, s, r) == 0
+                    assert m.arguments(s, a, r) == [{"demote": m.no_victims}]
+    assert seen > 20
