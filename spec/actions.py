@@ -8,6 +8,7 @@ written as two candidate states joined by :func:`merge`, never as Python ``if`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 
 from .eviction import demote as demote_pages
 from .eviction import room, victim_caps
@@ -685,6 +686,10 @@ def _g_end_iteration(c: Ctx, s: State, r: int) -> Term:
                   o.not_(o.and_(s.can_queue, unforwarded)))
 
 
+_MARKS_RESET = MappingProxyType({m: False for m in ITERATION_MARKS})
+"""The per-iteration marks, cleared by ``end_iteration``."""
+
+
 @ACTIONS.action(guard=_g_end_iteration, per_request=False)
 def end_iteration(c: Ctx, s: State, r: int) -> Outcome:
     """Iteration end and next start: check NO-DEFERRED-HOLD, GEN-EXACTLY-ONCE and
@@ -700,9 +705,8 @@ def end_iteration(c: Ctx, s: State, r: int) -> Outcome:
         hold_bad.append(o.and_(q.resized, o.not_(q.ran), now > q.pinned_start))
         gen_bad.append(q.gen_outstanding)
         decision_bad.append(o.and_(s.can_queue, q.kept, o.not_(q.ran)))
-        reset = q._replace(**{m: False for m in ITERATION_MARKS})
-        reset = reset._replace(
-            snapshot=NONE if p.clear_snapshot_at_iteration_start else q.snapshot,
+        reset = q._replace(
+            **_MARKS_RESET, snapshot=NONE if p.clear_snapshot_at_iteration_start else q.snapshot,
             snap_fresh=False, gen_outstanding=False, pinned_start=now)
         reqs.append(reset)
     s1 = s._replace(

@@ -286,3 +286,121 @@ def test_an_adp_skip_reverts_context_growth_and_failed_resizes_are_rolled_back()
     assert r0.scheduled == (0,) and r0.reverted == (0,) and r0.forwarded == ()
     assert r1.failed_resize == (1,) and r1.reverted == (1,) and r1.scheduled == ()
     assert ex.managers[0].get_capacity(0) == 0               # the growth was given back
+
+
+# ---- the second mutation run (session 6): executor budgets and batching, messages ---------
+
+
+def test_a_leak_report_names_the_missing_page_ids() -> None:
+    mgr = make_manager(num_gpu_pages=4)
+    _free_gpu(mgr).remove(1)                                  # page 1: neither free nor held
+    with pytest.raises(InvariantViolation, match=r"gpu pages \[1\] are neither free nor held"):
+        mgr.check_integrity()
+
+
+def test_refusal_messages_name_the_call_and_the_fix() -> None:
+    mgr = make_manager(get_policy("pr14849").replace(host_tier=False))
+    with pytest.raises(ProtocolError, match="suspended caches stay on GPU"):
+        mgr.evict_to_host(ctx_request(rid=0))
+    with pytest.raises(ProtocolError, match="^try_allocate_generation: request 0 is in state"):
+        mgr.try_allocate_generation(ctx_request(rid=0))
+    with pytest.raises(ProtocolError, match="free; check num_free_pages before allocating$"):
+        mgr._gpu.allocate_n(9)
+    reserving = make_manager("reserve-commit")
+    q = ctx_request(rid=0, prompt_len=4, chunk=4)
+    assert reserving.prepare_context(q) and reserving.resize_context(q, 4)
+    with pytest.raises(ProtocolError, match="^revert_allocate_generation: request"):
+        reserving.revert_allocate_generation(q)
+
+
+def test_update_without_growth_names_inv_len() -> None:
+    mgr = make_manager("pr14849")
+    q = ctx_request(rid=0, prompt_len=2, chunk=2)
+    admit(mgr, q)
+    with pytest.raises(InvariantViolation) as info:
+        mgr.update_resources([q], [0])                        # no try_allocate_generation
+    assert info.value.invariant_id == "INV-LEN"
+
+
+def test_a_fully_prefilled_request_is_valid_and_a_bad_field_is_named() -> None:
+    done = LlmRequest(0, prompt_len=3, context_chunk_size=2, context_current_position=3)
+    assert done.context_current_position == done.prompt_len
+    with pytest.raises(InvalidArgument, match=r"\.draft_len=-1 must be an integer >= 0"):
+        LlmRequest(1, prompt_len=2, context_chunk_size=2, draft_len=-1)
+
+
+def test_requests_go_to_the_rank_with_the_fewest() -> None:
+    ex = ReferenceExecutor(Config(attention_dp=True, num_requests=4), get_policy("pr14849"),
+                           num_ranks=2)
+    ranks = [ex.add_request(ctx_request(rid=i, prompt_len=2, chunk=2)) for i in range(4)]
+    assert ranks == [0, 1, 0, 1]
+
+
+def test_context_tokens_count_against_the_budget() -> None:
+    """Two 8-token context chunks and a 10-token budget: one is scheduled, not both."""
+    ex = ReferenceExecutor(Config(tokens_per_block=4, num_gpu_pages=16, num_requests=4,
+                                  max_num_tokens=10, max_batch_size=4, attention_dp=False,
+                                  max_prompt_len=16), get_policy("pr14849"))
+    for i in range(2):
+        ex.add_request(LlmRequest(i, prompt_len=8, context_chunk_size=8, max_new_tokens=1))
+    (res,) = ex.step()
+    assert res.scheduled == (0,)
+
+
+def test_a_first_chunk_that_fits_the_free_pages_suspends_no_one() -> None:
+    """Request 0's first chunk needs exactly the free pages; the started request 1 behind it
+    is not suspended to make room."""
+    ex = ReferenceExecutor(Config(tokens_per_block=4, num_gpu_pages=4, num_host_pages=4,
+                                  num_requests=4, max_num_tokens=64, max_batch_size=4,
+                                  attention_dp=False, max_prompt_len=16),
+                           get_policy("pr13805-reviewed"))
+    first = LlmRequest(0, prompt_len=8, context_chunk_size=8, max_new_tokens=1)
+    started = LlmRequest(1, prompt_len=16, context_chunk_size=8, max_new_tokens=1)
+    ex.add_request(started)
+    ex.step()                                # request 1: its first chunk, 2 of 4 pages
+    ex._ranks[0].requests.insert(0, first)   # request 0 ahead of it in the list
+    ex._ids.add(0)
+    mgr = ex.managers[0]
+    assert mgr.num_free_gpu_pages == 2 and mgr.get_status(1) == CacheStatus.ACTIVE
+    (res,) = ex.step()
+    assert res.suspended == () and 0 in res.scheduled
+
+
+def test_a_cleared_snapshot_is_none() -> None:
+    """Under a policy that clears snapshots at iteration start, a request the pass did not
+    resize carries None (not another false value) after the step."""
+    policy = get_policy("pr13805-reviewed")
+    assert policy.clear_snapshot_at_iteration_start
+    ex = ReferenceExecutor(Config(tokens_per_block=4, num_gpu_pages=16, num_requests=4,
+                                  max_num_tokens=64, max_batch_size=1, attention_dp=False,
+                                  max_prompt_len=16), policy)
+    reqs = [LlmRequest(i, prompt_len=8, context_chunk_size=4, max_new_tokens=1)
+            for i in range(2)]
+    for q in reqs:
+        ex.add_request(q)
+    ex.step()
+    ex.step()
+    (res,) = ex.step()
+    idle = [q for q in reqs if q.request_id not in res.scheduled]
+    assert idle and all(q.py_ctx_pre_resize_cap is None for q in idle)
+
+
+def test_a_growth_that_takes_the_last_free_pages_joins_the_batch() -> None:
+    """Two generating requests, each needing one page, and exactly two free: one batch call."""
+    calls: list[tuple[int, ...]] = []
+
+    class Batched(ReferenceKVCacheManager):
+        def try_allocate_generation_batch(self, reqs: list[LlmRequest]) -> list[bool]:
+            calls.append(tuple(q.request_id for q in reqs))
+            return [self.try_allocate_generation(q) for q in reqs]
+
+    ex = ReferenceExecutor(Config(tokens_per_block=1, num_gpu_pages=6, num_host_pages=0,
+                                  num_requests=4, max_num_tokens=64, max_batch_size=4,
+                                  attention_dp=False, max_prompt_len=4), get_policy("pr14849"),
+                           manager_factory=Batched)
+    for i in range(2):
+        ex.add_request(LlmRequest(i, prompt_len=2, context_chunk_size=2, max_new_tokens=3))
+    ex.step()
+    assert ex.managers[0].num_free_gpu_pages == 2
+    ex.step()
+    assert calls == [(0, 1)]
