@@ -197,6 +197,14 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
     def no_eviction(i: int) -> list[dict[str, Any]]:
         return [{**args, "demote": zeros} for args in fixed_of[i]]
 
+    # the guards the tables leave undecided, and an evicting action's victims, remembered by
+    # (slot, argument index or "precondition known") and the fields they read (ReadSetMemo;
+    # one that reads more than fields, e.g. builds a state, turns its memo off)
+    guard_of = [ReadSetMemo(lambda c, s, r, k, g=a.guard, f=fixed_of[i]: g(c, s, r, **f[k]), c)
+                for i, a in enumerate(m.actions)]
+    victims_of = [ReadSetMemo(lambda c, s, r, holds, a=a: arguments(s, a, r, holds=holds), c)
+                  for a in m.actions]
+
     n = m.config.num_requests
     order = list(range(len(acts)))
     rand = rng.random
@@ -215,15 +223,15 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
             if evicts:
                 options = victims[i, r] = (
                     [] if value is False else no_eviction(i) if value is EVICTS_NOTHING
-                    else arguments(s, a, r, holds=value is True))
+                    else victims_of[i](c, s, r, value is True))
                 if options:
                     return a, r, options[int(rand() * len(options))]
                 continue
             if not fixed:
                 continue
-            args = fixed[int(rand() * len(fixed))]
-            if value is True or (value is None and guard(c, s, r, **args)):
-                return a, r, args
+            k = int(rand() * len(fixed))
+            if value is True or (value is None and guard_of[i](c, s, r, k)):
+                return a, r, fixed[k]
         for i in order:  # second pass: no weights, every slot, every argument tuple
             candidates = plan[i]
             if candidates is off[i]:
@@ -235,7 +243,7 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
                 if evicts:
                     got = victims.get((i, r))
                     options = got if got is not None else no_eviction(i) \
-                        if value is EVICTS_NOTHING else arguments(s, a, r, holds=value is True)
+                        if value is EVICTS_NOTHING else victims_of[i](c, s, r, value is True)
                     if options:
                         return a, r, options[0]
                     continue
@@ -247,8 +255,8 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
                     if fixed:
                         return a, r, fixed[0]
                     continue
-                for args in fixed:
-                    if guard(c, s, r, **args):
+                for k, args in enumerate(fixed):
+                    if guard_of[i](c, s, r, k):
                         return a, r, args
         return None
 

@@ -224,6 +224,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "by_status": {k: v for k, v in by_status.items() if k != "killed"},
         "survivor_lines": {n: mutant_line(work, n, diffs.get(n, "")) for n in survivors},
     }
+    if args.report_only and (out / "summary.json").exists():
+        # the run's own cost, not this summary's: kept from the run's summary
+        ran = json.loads((out / "summary.json").read_text())
+        for key in ("wall_s", "load_avg_at_end", "cpu_s", "workers", "nproc"):
+            if key in ran:
+                summary[key] = ran[key]
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     (out / "summary.md").write_text(_markdown(summary))
     where: dict[str, str] = summary["survivor_lines"]  # type: ignore[assignment]

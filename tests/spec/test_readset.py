@@ -14,7 +14,7 @@ from kvspec.config import Config
 from kvspec.policy import PRESETS, get_policy
 from kvspec.spec.invariants import PROPERTIES
 from kvspec.spec.model import Model
-from kvspec.spec.readset import ReadSetMemo
+from kvspec.spec.readset import PROBE_CALLS, ReadSetMemo
 from kvspec.spec.state import State
 
 
@@ -62,3 +62,41 @@ def test_past_its_bound_the_memo_calls_and_stays_right() -> None:
     states = [m.initial()._replace(gpu_free=g) for g in range(5)]
     assert [memo(m.ctx, s) for s in states * 2] == [g > 1 for g in range(5)] * 2
     assert len(memo) == 2
+
+
+def test_a_function_that_asks_for_more_than_fields_is_called_plainly() -> None:
+    """Building a state (``_replace``) or using a record as a value (``==``) cannot be
+    followed by the view: the memo turns itself off, and every answer is the plain one."""
+    m = Model(Config(), get_policy("pr14849"))
+    s0 = m.initial()
+    states = [s0._replace(gpu_free=g) for g in (1, 2, 1)]
+
+    def builds(c: Any, s: State) -> int:
+        return int(s._replace(host_free=0).gpu_free)
+
+    def compares(c: Any, s: State) -> bool:
+        return bool(s.reqs[0] == s0.reqs[0])
+
+    for f in (builds, compares):
+        memo = ReadSetMemo(f, m.ctx)
+        assert [memo(m.ctx, s) for s in states] == [f(m.ctx, s) for s in states]
+        assert memo.off and len(memo) == 0
+
+
+def test_extra_arguments_are_part_of_the_key_and_isinstance_sees_the_record() -> None:
+    m = Model(Config(), get_policy("pr14849"))
+    s = m.initial()
+    memo = ReadSetMemo(lambda c, s, r, k: (isinstance(s.reqs[r], type(s.reqs[0])),
+                                           s.gpu_free + k), m.ctx)
+    assert [memo(m.ctx, s, 0, k) for k in (1, 2, 1)] == [(True, s.gpu_free + k)
+                                                          for k in (1, 2, 1)]
+    assert len(memo) == 2 and not memo.off
+
+
+def test_a_memo_that_rarely_answers_turns_itself_off() -> None:
+    m = Model(Config(), get_policy("pr14849"))
+    s0 = m.initial()
+    memo = ReadSetMemo(lambda c, s: s.gpu_free, m.ctx)
+    values = [memo(m.ctx, s0._replace(gpu_free=g)) for g in range(PROBE_CALLS + 10)]
+    assert values == list(range(PROBE_CALLS + 10))
+    assert memo.off and len(memo) == 0
