@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -20,11 +20,13 @@ from kvspec.policy import PRESETS, get_policy
 from kvspec.spec.invariants import PROPERTIES
 from kvspec.spec.model import Model, transition
 from kvspec.spec.ops import UNKNOWN, ConcreteOps, ThreeValuedOps
+from kvspec.spec.registry import Action
 from kvspec.spec.state import Req, State
 from kvspec.spec.walker import (
     EVICTS_NOTHING,
     STAGE_ACTION_WEIGHT,
     DecidedGuards,
+    PlanValue,
     _shuffler,
     _step_picker,
 )
@@ -120,21 +122,20 @@ def test_decided_guards_and_invariants_equal_the_calls(name: str, config: str) -
     decided = DecidedGuards(m)
     props = [(p.id, p.check) for p in PROPERTIES]
     learnt = 0
-    for s in walk_states(m, random.Random(3), 60, restart_every=30):
-        plan = decided.guards(s)
-        for i, a in enumerate(m.actions):
-            for r, value in enumerate(plan[i]):
-                if value is None:
-                    continue
-                learnt += 1
-                if a.demand is not None:
-                    assert a.precondition is not None
-                    assert bool(a.precondition(m.ctx, s, r)) is bool(value), (a.name, r)
-                    if value is EVICTS_NOTHING:
-                        assert a.demand(m.ctx, s, r) == 0, (a.name, r)
-                else:
-                    for args in m.arguments(s, a, r):
-                        assert bool(a.guard(m.ctx, s, r, **args)) is value, (a.name, r, args)
+    states = walk_states(m, random.Random(3), 60, restart_every=30)
+    for s, a, r, value in _plan_entries(m, decided, states):
+        if value is None:
+            continue
+        learnt += 1
+        if a.demand is not None:
+            assert a.precondition is not None
+            assert bool(a.precondition(m.ctx, s, r)) is bool(value), (a.name, r)
+            if value is EVICTS_NOTHING:
+                assert a.demand(m.ctx, s, r) == 0, (a.name, r)
+        else:
+            for args in m.arguments(s, a, r):
+                assert bool(a.guard(m.ctx, s, r, **args)) is value, (a.name, r, args)
+    for s in states:
         left = dict(decided.checks(s, props))
         for pid, check in props:
             if pid not in left:
@@ -198,13 +199,21 @@ def test_evicts_nothing_means_the_demand_is_zero(name: str) -> None:
     m = Model(Config(num_requests=3), get_policy(name))
     decided = DecidedGuards(m)
     seen = 0
-    for s in walk_states(m, random.Random(4), 200, restart_every=40):
+    states = walk_states(m, random.Random(4), 200, restart_every=40)
+    for s, a, r, value in _plan_entries(m, decided, states):
+        if value is EVICTS_NOTHING:
+            seen += 1
+            assert a.precondition is not None and a.demand is not None
+            assert a.precondition(m.ctx, s, r) and a.demand(m.ctx, s, r) == 0
+            assert m.arguments(s, a, r) == [{"demote": m.no_victims}]
+    assert seen > 20
+
+
+def _plan_entries(m: Model, decided: DecidedGuards, states: list[State]
+                  ) -> Iterator[tuple[State, Action, int, PlanValue]]:
+    """(state, action, slot, planned value) for every entry of every state's plan."""
+    for s in states:
         plan = decided.guards(s)
         for i, a in enumerate(m.actions):
             for r, value in enumerate(plan[i]):
-                if value is EVICTS_NOTHING:
-                    seen += 1
-                    assert a.precondition is not None and a.demand is not None
-                    assert a.precondition(m.ctx, s, r) and a.demand(m.ctx, s, r) == 0
-                    assert m.arguments(s, a, r) == [{"demote": m.no_victims}]
-    assert seen > 20
+                yield s, a, r, value
