@@ -164,7 +164,7 @@ def free_resources_batch(m: ManagerCore, reqs: Sequence[RequestLike]) -> None:
     m.require(rows, m.cache.has_cache[rows], ids, "free_resources of a request without a cache "
               "(double free?)")
     m.gpu.shrink(rows, torch.zeros_like(rows))
-    host_rows = torch.tensor(ids, dtype=torch.int64)
+    host_rows = torch.tensor(ids, dtype=torch.int64, device="cpu")
     m.host.shrink(host_rows, torch.zeros_like(host_rows))
     m.cache.clear(rows)
     for rid in ids:  # a reservation's pages were the row's tail: released above

@@ -39,7 +39,8 @@ class KVStore:
         self.transfer = transfer
         self.gpu = torch.zeros((num_gpu_pages + 1, block, width), dtype=torch.float32,
                                device=device)
-        host = torch.zeros((num_host_pages + 1, block, width), dtype=torch.float32)
+        host = torch.zeros((num_host_pages + 1, block, width), dtype=torch.float32,
+                           device="cpu")
         self.host = host.pin_memory() if device.type == "cuda" else host
         self.lanes = torch.arange(width, dtype=torch.int64, device=device)
         self._stage: torch.Tensor | None = None
@@ -69,7 +70,8 @@ class KVStore:
         """A host buffer for ``pages`` pages, pinned on CUDA, grown (doubling) and reused."""
         if self._stage is None or self._stage.shape[0] < pages:
             size = max(pages, 2 * (0 if self._stage is None else self._stage.shape[0]))
-            stage = torch.empty((size, self.block, self.width), dtype=torch.float32)
+            stage = torch.empty((size, self.block, self.width), dtype=torch.float32,
+                                device="cpu")
             self._stage = stage.pin_memory() if self.gpu.device.type == "cuda" else stage
         return self._stage[:pages]
 

@@ -96,7 +96,7 @@ def _store(m: ManagerCore, rows: torch.Tensor, reqs: list[GpuRequest]) -> None:
         return
     vals = torch.tensor([[q.context_current_position for q in reqs],
                          [-1 if q.py_ctx_pre_resize_cap is None else q.py_ctx_pre_resize_cap
-                          for q in reqs]], dtype=FIELD).to(m.device)
+                          for q in reqs]], dtype=FIELD, device="cpu").to(m.device)
     mirror.pos.index_copy_(0, rows, vals[0])
     mirror.snap.index_copy_(0, rows, vals[1])
 

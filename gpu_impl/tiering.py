@@ -103,7 +103,7 @@ def demote(m: ManagerCore, row: int, k: int, g: int, h: int) -> None:
     pages (:meth:`PagePool.release_front`). The caller checked the host has ``k`` free pages.
     Cost: a host-pool grow, one gather + D2H copy of k pages, ~7 ops of GPU bookkeeping.
     """
-    host_row = torch.tensor([row], dtype=torch.int64)
+    host_row = torch.tensor([row], dtype=torch.int64, device="cpu")
     gpu_pages = m.gpu.table[row, :k].long()
     m.host.grow(host_row, torch.full_like(host_row, h + k))
     m.kv.to_host(gpu_pages, m.host.table[row, h:h + k].long())
@@ -115,7 +115,7 @@ def recall(m: ManagerCore, row: int, h: int, g: int) -> None:
     pages (:meth:`PagePool.take_front`; data copied through the staging buffer), then frees
     the host pages. The caller made room. Cost: ~7 ops, one H2D copy, a host-pool shrink."""
     gpu_pages = m.gpu.take_front(row, h, g)
-    host_row = torch.tensor([row], dtype=torch.int64)
+    host_row = torch.tensor([row], dtype=torch.int64, device="cpu")
     m.kv.to_gpu(m.host.table[row, :h].long(), gpu_pages)
     m.host.shrink(host_row, torch.zeros_like(host_row))
 
