@@ -177,8 +177,11 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
     state's small fields decide (:class:`DecidedGuards`) is looked up instead of called; an
     evicting action's admissible victims are computed once per pick and slot; in the second
     pass a guard whose value does not depend on the arguments in this state is called once
-    instead of once per argument tuple (:func:`_argument_free_value`). Cost: a shuffle, the
-    guards not decided by small fields, the victims of the evicting actions tried."""
+    instead of once per argument tuple (:func:`_argument_free_value`). Guards the tables
+    leave undecided, and victims, are remembered by the fields they read
+    (:class:`~kvspec.spec.readset.ReadSetMemo`); an evicting action planned
+    :data:`EVICTS_NOTHING` gets the one vector that demotes nothing. Cost: a shuffle, the
+    guards and victims neither decided nor remembered."""
     c = m.ctx
     arguments = m.arguments
     decided = decided if decided is not None else DecidedGuards(m)
@@ -310,6 +313,7 @@ STATE_KEY_FIELDS = ("stage",)
 """Besides its bool fields, the state fields that key :class:`DecidedGuards`'s tables."""
 REQ_KEY_FIELDS = ("phase", "status")
 """Besides its bool fields, the request fields that key :class:`DecidedGuards`'s tables."""
+
 
 class _EvictsNothing:
     """The plan value of an evicting action whose precondition holds and whose demand is 0
