@@ -144,7 +144,7 @@ class TorchSlots:
         self.m = Manager(config, policy, device=device, kv_width=1,
                          max_pages_per_request=max_pages_per_request)
         self.counters = Counters()
-        self._cols = _CpuColumns(self.m) if self.m.device.type == "cpu" else None
+        self._cols = _Columns(self.m)
         self._slot: dict[int, int] = {}
         self._free = list(range(config.num_requests - 1, -1, -1))
         self._asked: int | None = None
@@ -198,10 +198,10 @@ class TorchSlots:
     def try_allocate_generation_batch(self, reqs: Sequence[LlmRequest]) -> list[bool]:
         """One vectorized call (the executor batches the growths that need no new page); a
         SUSPENDED cache is resumed inside, as in the single call, and a refusal counted.
-        Cost: the manager's batch call plus two reads of the slots' statuses."""
+        Cost: the manager's batch call plus one or two reads of the slots' statuses."""
         rs = [self._req(q) for q in reqs]
         slots = [r.request_id for r in rs]
-        status = self.m.cache.status
+        status = self._cols.status
         was = status[slots].tolist()
         ok = self.m.try_allocate_generation_batch(rs)
         if CacheStatus.SUSPENDED in was:
@@ -239,14 +239,10 @@ class TorchSlots:
         return rid in self._slot
 
     def get_status(self, rid: int) -> int:
-        if self._cols is not None:
-            return int(self._cols.status[self._slot_of(rid)])
-        return self.m.get_status(self._slot_of(rid))
+        return int(self._cols.status[self._slot_of(rid)])
 
     def get_capacity(self, rid: int) -> int:
-        if self._cols is not None:
-            return int(self._cols.capacity[self._slot_of(rid)])
-        return self.m.get_capacity(self._slot_of(rid))
+        return int(self._cols.capacity[self._slot_of(rid)])
 
     def get_history(self, rid: int) -> int:
         return self.m.get_history(self._slot_of(rid))
@@ -267,10 +263,7 @@ class TorchSlots:
         """Growth pages of ``try_allocate_generation`` plus the recall of host pages."""
         slot = self._slot_of(req.request_id)
         cols = self._cols
-        if cols is not None:
-            cap, host = int(cols.capacity[slot]), int(cols.host_count[slot])
-        else:
-            cap, host = self.m.get_capacity(slot), self.m.get_host_pages(slot)
+        cap, host = int(cols.capacity[slot]), int(cols.host_count[slot])
         b = self.config.blocks
         return b(cap + 1 + req.draft_len) - b(cap) + host
 
@@ -314,33 +307,33 @@ class TorchSlots:
         rids = list(self._slot)
         slots = [self._slot[r] for r in rids]
         cols = self._cols
-        if cols is not None:
-            gpu = cols.gpu_count[slots].tolist()
-            host = cols.host_count[slots].tolist()
-            hist = cols.history[slots].tolist()
-        else:
-            gpu = self.m.gpu.count[slots].tolist()
-            host = self.m.host.count[slots].tolist()
-            hist = self.m.cache.history[slots].tolist()
+        gpu = cols.gpu_count[slots].tolist()
+        host = cols.host_count[slots].tolist()
+        hist = cols.history[slots].tolist()
         b = self.config.blocks
         for rid, g, h, hi in zip(rids, gpu, host, hist, strict=True):
             yield rid, int(g), int(h), int(g) + int(h) - b(int(hi))
 
 
-class _CpuColumns:
-    """NumPy views of a CPU torch manager's per-slot columns (the same memory: the manager
-    updates its tensors in place and never replaces them), for the executor's per-request
-    queries: a NumPy element read costs ~0.1 us against ~5 us for a checked ``.item()``
-    through the manager. Read-only by convention; CPU only (a CUDA tensor has no view)."""
+class _Columns:
+    """A torch manager's per-slot columns for the executor's per-request queries, read-only
+    by convention: NumPy views of the tensors on the CPU (the same memory: the manager
+    updates its tensors in place and never replaces them; an element read costs ~0.1 us
+    against ~5 us for a checked ``.item()`` through the manager), the tensors themselves
+    elsewhere (a CUDA tensor has no view; each read is a device read). Both index the same
+    way: ``int(col[slot])``, ``col[slots].tolist()``."""
 
     __slots__ = ("capacity", "gpu_count", "history", "host_count", "status")
 
     def __init__(self, m: Any) -> None:
-        self.capacity = m.cache.capacity.numpy()
-        self.history = m.cache.history.numpy()
-        self.status = m.cache.status.numpy()
-        self.gpu_count = m.gpu.count.numpy()
-        self.host_count = m.host.count.numpy()
+        def view(t: Any) -> Any:
+            return t.numpy() if t.device.type == "cpu" else t
+
+        self.capacity = view(m.cache.capacity)
+        self.history = view(m.cache.history)
+        self.status = view(m.cache.status)
+        self.gpu_count = view(m.gpu.count)
+        self.host_count = view(m.host.count)
 
 
 def manager_factory(backend: str, max_pages_per_request: int | None = None,

@@ -123,22 +123,10 @@ class ThreeValuedOps:
         return then if cond else other
 
     def and_(self, *xs: Term) -> Term:
-        unknown = False
-        for x in xs:
-            if x is UNKNOWN:
-                unknown = True
-            elif not x:
-                return False
-        return UNKNOWN if unknown else True
+        return _kleene(xs, False)
 
     def or_(self, *xs: Term) -> Term:
-        unknown = False
-        for x in xs:
-            if x is UNKNOWN:
-                unknown = True
-            elif x:
-                return True
-        return UNKNOWN if unknown else False
+        return _kleene(xs, True)
 
     def not_(self, x: Term) -> Term:
         return UNKNOWN if x is UNKNOWN else not x
@@ -158,3 +146,15 @@ class ThreeValuedOps:
     def util_exceeds(self, used: Term, total: Term) -> Term:
         return (UNKNOWN if used is UNKNOWN or total is UNKNOWN
                 else self._c.util_exceeds(used, total))
+
+
+def _kleene(xs: tuple[Term, ...], decisive: bool) -> Term:
+    """Kleene ``and`` (``decisive`` False) or ``or`` (True): ``decisive`` when some input is
+    it, else unknown when some input is :data:`UNKNOWN`, else ``not decisive``."""
+    unknown = False
+    for x in xs:
+        if x is UNKNOWN:
+            unknown = True
+        elif bool(x) is decisive:
+            return decisive
+    return UNKNOWN if unknown else not decisive

@@ -88,7 +88,7 @@ class ReadSetMemo:
     """
 
     def __init__(self, f: Callable[..., Any], ctx: Any, max_size: int = MEMO_SIZE) -> None:
-        self.check = f
+        self.fn = f
         self._ctx = ctx
         self._max = max_size
         self._state_fields: set[str] = set()
@@ -105,12 +105,12 @@ class ReadSetMemo:
 
     def __call__(self, ctx: Any, s: State, *extra: Hashable) -> Any:
         if ctx is not self._ctx or self.off:
-            return self.check(ctx, s, *extra)
+            return self.fn(ctx, s, *extra)
         self._calls += 1
         if self._calls == PROBE_CALLS and 2 * self._misses > PROBE_CALLS:
             self.off = True
             self._table.clear()
-            return self.check(ctx, s, *extra)
+            return self.fn(ctx, s, *extra)
         key_of = self._key
         key = None
         if key_of is not None:
@@ -120,16 +120,16 @@ class ReadSetMemo:
             except KeyError:
                 pass
             except TypeError:          # an unhashable value: no memo for this call
-                return self.check(ctx, s, *extra)
+                return self.fn(ctx, s, *extra)
         self._misses += 1
         reads: set[str] = set()
         req_reads: set[str] = set()
         try:
-            value = self.check(ctx, _Recorder(s, reads, req_reads), *extra)
+            value = self.fn(ctx, _Recorder(s, reads, req_reads), *extra)
         except Exception:              # noqa: BLE001 - the view was not enough: plain calls
             self.off = True
             self._table.clear()
-            return self.check(ctx, s, *extra)
+            return self.fn(ctx, s, *extra)
         if key_of is None or not (reads <= self._state_fields
                                   and req_reads <= self._req_fields):
             self._state_fields |= reads

@@ -187,15 +187,14 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
     decided = decided if decided is not None else DecidedGuards(m)
     plan_of = decided.guards
     off = decided.off
+    # per action, its fixed argument tuples (an evicting one's get "demote" added)
+    fixed_of = [a.argument_tuples(m.config) for a in m.actions]
     acts = [(a, a.demand is not None, a.per_request, a.guard,
              STAGE_ACTION_WEIGHT if not a.per_request else 1.0,
-             m.arguments(m.initial(), a, 0) if a.demand is None else [],
+             fixed_of[i] if a.demand is None else [],
              {p.name: UNKNOWN for p in a.params})
-            for a in m.actions]
+            for i, a in enumerate(m.actions)]
     zeros = m.no_victims
-    # per evicting action, its fixed argument tuples (with "demote" added when it evicts
-    # nothing: what Model.arguments returns then)
-    fixed_of = [a.argument_tuples(m.config) for a in m.actions]
 
     def no_eviction(i: int) -> list[dict[str, Any]]:
         return [{**args, "demote": zeros} for args in fixed_of[i]]
