@@ -22,8 +22,9 @@ from kvspec.config import Config
 from kvspec.errors import InvalidArgument
 from kvspec.policy import Policy
 
+from .compiled import CompiledModel, compiled_model
 from .invariants import PROPERTIES, Property
-from .model import Model, transition
+from .model import Model
 from .ops import UNKNOWN, ConcreteOps, ThreeValuedOps
 from .readset import ReadSetMemo
 from .registry import Action, Ctx
@@ -65,7 +66,9 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
 
     Cost: one model step plus the invariant checks per step (tens of microseconds); the
     guards and invariants that a state's small fields decide are looked up, not called
-    (:class:`DecidedGuards`), and the walk is the one the plain rejection sampler draws.
+    (:class:`DecidedGuards`); effects and the other guards and invariants run compiled
+    (:mod:`.compiled`); the walk is the one the plain rejection sampler draws with the
+    spec's own functions.
 
     Raises:
         InvalidArgument: ``steps`` < 0 or ``walk_length`` < 1.
@@ -77,8 +80,9 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
     decided = DecidedGuards(m)
     pick = _step_picker(m, rng, decided)
     out = WalkResult()
-    # a check's results remembered by the fields it reads (a few hundred keys per walk)
-    checks = [(p.id, ReadSetMemo(p.check, m.ctx)) for p in properties]
+    # effects and checks compiled, shared by the walks of this config and policy
+    compiled = compiled_model(m)
+    checks = [(p.id, _check_caller(m, compiled, p)) for p in properties]
     wit = [p for p in PROPERTIES if p.applies(policy)] if witnesses else []
     ctx = m.ctx
     actions = out.actions
@@ -101,7 +105,7 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
                 continue
             a, r, args = chosen
             # the picker returns enabled steps only: apply the effect without re-checking
-            nxt, res = transition(ctx, a, s, r, args)
+            nxt, res = compiled.step(a, s, r, args)
             path.append((a, r, args, res))
             done += 1
             out.steps = done
@@ -178,12 +182,13 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
     evicting action's admissible victims are computed once per pick and slot; in the second
     pass a guard whose value does not depend on the arguments in this state is called once
     instead of once per argument tuple (:func:`_argument_free_value`). Guards the tables
-    leave undecided, and victims, are remembered by the fields they read
-    (:class:`~kvspec.spec.readset.ReadSetMemo`); an evicting action planned
-    :data:`EVICTS_NOTHING` gets the one vector that demotes nothing. Cost: a shuffle, the
-    guards and victims neither decided nor remembered."""
+    leave undecided run compiled (:mod:`.compiled`), and so do evicting actions'
+    preconditions and demands: a demand of 0 gets the one vector that demotes nothing, as an
+    action planned :data:`EVICTS_NOTHING` does, and only a positive demand enumerates
+    victims (code that cannot be compiled is remembered by the fields it reads,
+    :class:`~kvspec.spec.readset.ReadSetMemo`). Cost: a shuffle, the compiled guards the
+    tables leave undecided, and victims only where pages must be demoted."""
     c = m.ctx
-    arguments = m.arguments
     decided = decided if decided is not None else DecidedGuards(m)
     plan_of = decided.guards
     off = decided.off
@@ -199,13 +204,11 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
     def no_eviction(i: int) -> list[dict[str, Any]]:
         return [{**args, "demote": zeros} for args in fixed_of[i]]
 
-    # the guards the tables leave undecided, and an evicting action's victims, remembered by
-    # (slot, argument index or "precondition known") and the fields they read (ReadSetMemo;
-    # one that reads more than fields, e.g. builds a state, turns its memo off)
-    guard_of = [ReadSetMemo(lambda c, s, r, k, g=a.guard, f=fixed_of[i]: g(c, s, r, **f[k]), c)
-                for i, a in enumerate(m.actions)]
-    victims_of = [ReadSetMemo(lambda c, s, r, holds, a=a: arguments(s, a, r, holds=holds), c)
-                  for a in m.actions]
+    # the guards the tables leave undecided, and an evicting action's victims, compiled
+    # (or remembered by the fields they read where the code cannot be compiled)
+    compiled = compiled_model(m)
+    guard_of = [_guard_caller(m, compiled, i, fixed_of[i]) for i in range(len(m.actions))]
+    victims_of = [_victims_caller(m, compiled, i, no_eviction) for i in range(len(m.actions))]
 
     n = m.config.num_requests
     order = list(range(len(acts)))
@@ -263,6 +266,79 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
         return None
 
     return pick
+
+
+def _check_caller(m: Model, compiled: CompiledModel, p: Property
+                  ) -> Callable[[Ctx, State], Any]:
+    """``p.check`` compiled at its first call (:class:`~kvspec.spec.compiled.CompiledModel`),
+    or where it cannot be traced remembered by the fields it reads (:class:`ReadSetMemo`)."""
+    fns: list[Callable[[Ctx, State], Any]] = []
+
+    def check(c: Ctx, s: State) -> Any:
+        if not fns:
+            fns.append(compiled.check(p) or ReadSetMemo(p.check, m.ctx))
+        return fns[0](c, s)
+
+    return check
+
+
+def _guard_caller(m: Model, compiled: CompiledModel, i: int, fixed: list[dict[str, Any]]
+                  ) -> Callable[[Ctx, State, int, int], Any]:
+    """``(c, s, r, k) -> guard of action i on slot r with its k-th fixed argument tuple``:
+    the guard compiled per slot at its first call (:class:`~kvspec.spec.compiled.
+    CompiledModel`), or where it cannot be traced remembered by the fields it reads
+    (:class:`~kvspec.spec.readset.ReadSetMemo`)."""
+    a = m.actions[i]
+    memo = ReadSetMemo(lambda c, s, r, k: a.guard(c, s, r, **fixed[k]), m.ctx)
+    fns: dict[int, Callable[..., Any]] = {}
+
+    def guard(c: Ctx, s: State, r: int, k: int) -> Any:
+        fn = fns.get(r)
+        if fn is None:
+            got = compiled.guard(a, r) if a.demand is None else None
+            fn = fns[r] = (lambda c, s, r, k: got(s, fixed[k])) if got is not None else memo
+        return fn(c, s, r, k)
+
+    return guard
+
+
+def _victims_caller(m: Model, compiled: CompiledModel, i: int,
+                    no_eviction: Callable[[int], list[dict[str, Any]]]
+                    ) -> Callable[[Ctx, State, int, bool], list[dict[str, Any]]]:
+    """``(c, s, r, holds) -> m.arguments(s, action i, r, holds=holds)`` for an evicting
+    action: its precondition and demand compiled per slot at first use, so that a step that
+    demotes nothing (the usual one) computes no victims; the model's own enumeration
+    otherwise. Where the code cannot be traced, the arguments are remembered by the fields
+    they read (:class:`~kvspec.spec.readset.ReadSetMemo`)."""
+    a = m.actions[i]
+    arguments = m.arguments
+    memo = ReadSetMemo(lambda c, s, r, holds: arguments(s, a, r, holds=holds), m.ctx)
+    if a.demand is None:
+        return memo
+    none: dict[str, Any] = {}
+    fns: dict[int, Callable[[Ctx, State, int, bool], list[dict[str, Any]]]] = {}
+
+    def compiled_victims(r: int) -> Callable[[Ctx, State, int, bool], list[dict[str, Any]]]:
+        pre, demand = compiled.guard(a, r), compiled.demand(a, r)
+        if pre is None or demand is None:
+            return memo
+
+        def victims(c: Ctx, s: State, r: int, holds: bool) -> list[dict[str, Any]]:
+            if not holds and not pre(s, none):
+                return []
+            if demand(s) == 0:
+                return no_eviction(i)
+            return arguments(s, a, r, holds=True)
+
+        return victims
+
+    def victims(c: Ctx, s: State, r: int, holds: bool) -> list[dict[str, Any]]:
+        fn = fns.get(r)
+        if fn is None:
+            fn = fns[r] = compiled_victims(r)
+        return fn(c, s, r, holds)
+
+    return victims
 
 
 def _shuffler(rng: random.Random, size: int) -> Callable[[list[int]], None]:
