@@ -313,8 +313,8 @@ def _victims_caller(m: Model, compiled: CompiledModel, i: int,
     a = m.actions[i]
     arguments = m.arguments
     memo = ReadSetMemo(lambda c, s, r, holds: arguments(s, a, r, holds=holds), m.ctx)
-    if a.demand is None:
-        return memo
+    if a.demand is None or any(p.kind != "slots" for p in a.params):
+        return memo  # (victims beside other arguments: the model's enumeration, remembered)
     none: dict[str, Any] = {}
     fns: dict[int, Callable[[Ctx, State, int, bool], list[dict[str, Any]]]] = {}
 
