@@ -80,9 +80,10 @@ def walk(config: Config, policy: Policy, *, steps: int = 10_000, seed: int = 0,
     decided = DecidedGuards(m)
     pick = _step_picker(m, rng, decided)
     out = WalkResult()
-    # effects and checks compiled, shared by the walks of this config and policy
+    # effects and checks compiled, shared by the walks of this config and policy (a check
+    # that cannot be compiled is remembered by the fields it reads)
     compiled = compiled_model(m)
-    checks = [(p.id, _check_caller(m, compiled, p)) for p in properties]
+    checks = [(p.id, compiled.check(p) or ReadSetMemo(p.check, m.ctx)) for p in properties]
     wit = [p for p in PROPERTIES if p.applies(policy)] if witnesses else []
     ctx = m.ctx
     actions = out.actions
@@ -266,20 +267,6 @@ def _step_picker(m: Model, rng: random.Random, decided: DecidedGuards | None = N
         return None
 
     return pick
-
-
-def _check_caller(m: Model, compiled: CompiledModel, p: Property
-                  ) -> Callable[[Ctx, State], Any]:
-    """``p.check`` compiled at its first call (:class:`~kvspec.spec.compiled.CompiledModel`),
-    or where it cannot be traced remembered by the fields it reads (:class:`ReadSetMemo`)."""
-    fns: list[Callable[[Ctx, State], Any]] = []
-
-    def check(c: Ctx, s: State) -> Any:
-        if not fns:
-            fns.append(compiled.check(p) or ReadSetMemo(p.check, m.ctx))
-        return fns[0](c, s)
-
-    return check
 
 
 def _guard_caller(m: Model, compiled: CompiledModel, i: int, fixed: list[dict[str, Any]]
