@@ -11,8 +11,10 @@ after reuse). Each row names the checkers that apply to it:
   states for a shortest violating behaviour, then that behaviour replayed on the reference
   manager, which must show the same violation in lockstep);
 - implementation slips: ``check-walker`` and ``check-hypothesis`` (the two tiers of
-  ``kvspec check`` on the broken manager, shrunk), ``exhaustive`` (``kvspec explore``: every
-  small-scope behaviour replayed on it).
+  ``kvspec check`` on the broken manager, shrunk; ``check-hypothesis`` runs the tier at
+  ``kvspec check``'s default size, :data:`HYPOTHESIS_RUN` examples, with seeds 0, 1, ...
+  until a run finds the bug), ``exhaustive`` (``kvspec explore``: every small-scope behaviour
+  replayed on it).
 
 Each checker runs until its first detection or its budget; the result records whether it
 found the bug, the seconds it took (including shrinking: an upper bound of the time to first
@@ -37,7 +39,7 @@ from kvspec.spec.prove import bmc_search
 from kvspec.spec.walker import shrink_trace, walk
 
 from . import broken, impls
-from .check import DEFAULT_WALK_LENGTH, run_check
+from .check import DEFAULT_EXAMPLES, DEFAULT_WALK_LENGTH, run_check
 from .exhaustive import explore, shortest_violation
 from .lockstep import Lockstep
 
@@ -150,6 +152,15 @@ BUGS: tuple[Bug, ...] = (
 """The rows, protocol bugs first. docs/bugs.md explains each."""
 
 
+HYPOTHESIS_RUN = DEFAULT_EXAMPLES // 5
+"""Examples per run of the ``check-hypothesis`` checker: the hypothesis tier's budget in a
+default ``kvspec check`` (20). Ten runs of this size found the 8 rows that one run of 200
+examples finds at seed 0, on each of 9 seed ranges tried, and sooner (median); the one run
+found only 7 on 4 of 6 seeds (docs/performance.md, "check-hypothesis time to first detection
+(session 7)"). Hypothesis starts its target phase halfway through a run, where the tier
+finds most of its late rows: in runs of 20 that is at example 10, not 100."""
+
+
 @dataclass(frozen=True)
 class Budget:
     """How far each checker searches before it gives up on a row.
@@ -157,9 +168,10 @@ class Budget:
     ``walker_steps``: model walker steps (in chunks of ``walker_chunk``, a fresh seed each);
     ``hypothesis_examples``: examples of the model's machine; ``bmc_depth``: BMC depth;
     ``check_examples``: walks of :data:`~kvspec.conformance.check.DEFAULT_WALK_LENGTH` steps
-    in the ``check-walker`` tier (half as many hypothesis examples in ``check-hypothesis``),
-    as ``kvspec check`` runs them; ``max_states``: BFS states. ``stop_after``: a row stops
-    once this many checkers found it (None: every checker runs).
+    in the ``check-walker`` tier, as ``kvspec check`` runs them; ``check_hypothesis_runs``:
+    runs of the hypothesis tier of :data:`HYPOTHESIS_RUN` examples each (seeds 0, 1, ...)
+    in ``check-hypothesis``; ``max_states``: BFS states. ``stop_after``: a row stops once
+    this many checkers found it (None: every checker runs).
     """
 
     walker_steps: int = 200_000
@@ -167,13 +179,14 @@ class Budget:
     hypothesis_examples: int = 3_000
     bmc_depth: int = 12
     check_examples: int = 400
+    check_hypothesis_runs: int = 10
     max_states: int = 50_000
     stop_after: int | None = None
 
 
 FULL = Budget()
 QUICK = Budget(walker_steps=20_000, hypothesis_examples=300, bmc_depth=10, check_examples=100,
-               max_states=3_000, stop_after=MIN_DETECTIONS)
+               check_hypothesis_runs=5, max_states=3_000, stop_after=MIN_DETECTIONS)
 """The bounded form CI runs: every row, smaller budgets, cheapest checkers first, each row
 stopping at its second detection. Rows in :data:`FULL_ONLY` reach their second detection
 only at the full budget."""
@@ -415,18 +428,34 @@ def _exhaustive_model(bug: Bug, budget: Budget) -> Outcome:
     return True, len(path), "replayed on the reference"
 
 
-def _check_tier(tier: str) -> Callable[[Bug, Budget], Outcome]:
-    def run(bug: Bug, budget: Budget) -> Outcome:
-        assert bug.impl is not None
+def _check_walker(bug: Bug, budget: Budget) -> Outcome:
+    assert bug.impl is not None
+    report = run_check(broken.BROKEN[bug.impl], bug.check_policy or bug.policy,
+                       tiers=("walker",), examples=budget.check_examples,
+                       walk_length=DEFAULT_WALK_LENGTH)
+    div = report.divergence
+    if div is None:
+        return False, None, f"OK after {report.steps} steps"
+    return True, len(div.trace.steps), ""
+
+
+def _check_hypothesis(bug: Bug, budget: Budget) -> Outcome:
+    """The hypothesis tier as a default ``kvspec check`` runs it (:data:`HYPOTHESIS_RUN`
+    examples), with seed 0, 1, ... until a run diverges, at most ``check_hypothesis_runs``
+    runs. The note names the seed of the run that found it (``kvspec check --seed``
+    reproduces it)."""
+    assert bug.impl is not None
+    steps = 0
+    for seed in range(budget.check_hypothesis_runs):
         report = run_check(broken.BROKEN[bug.impl], bug.check_policy or bug.policy,
-                           tiers=(tier,),
-                           examples=budget.check_examples, walk_length=DEFAULT_WALK_LENGTH,
-                           hypothesis_examples=max(1, budget.check_examples // 2))
+                           tiers=("hypothesis",), seed=seed,
+                           hypothesis_examples=HYPOTHESIS_RUN)
         div = report.divergence
-        if div is None:
-            return False, None, f"OK after {report.steps} steps"
-        return True, len(div.trace.steps), ""
-    return run
+        if div is not None:
+            return True, len(div.trace.steps), f"seed {seed}"
+        steps += report.steps
+    return False, None, (f"OK after {steps} steps ({budget.check_hypothesis_runs} runs of"
+                         f" {HYPOTHESIS_RUN} examples)")
 
 
 def _exhaustive_impl(bug: Bug, budget: Budget) -> Outcome:
@@ -441,7 +470,7 @@ def _exhaustive_impl(bug: Bug, budget: Budget) -> Outcome:
 
 _CHECKERS: dict[str, Callable[[Bug, Budget], Outcome]] = {
     "bmc": _bmc, "walker": _walker, "hypothesis": _hypothesis,
-    "check-walker": _check_tier("walker"), "check-hypothesis": _check_tier("hypothesis"),
+    "check-walker": _check_walker, "check-hypothesis": _check_hypothesis,
     "exhaustive": lambda bug, budget: (_exhaustive_model(bug, budget) if bug.invariant
                                        else _exhaustive_impl(bug, budget)),
 }

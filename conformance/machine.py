@@ -15,7 +15,7 @@ Cost: ~100x a walker step (hypothesis bookkeeping and full argument enumeration)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from hypothesis import strategies as st
 from hypothesis import target
@@ -32,6 +32,7 @@ from kvspec.errors import ConformanceError
 from kvspec.policy import Policy
 from kvspec.spec.coverage import Coverage
 from kvspec.spec.model import Model
+from kvspec.spec.state import State
 
 from .adapter import Factory
 from .lockstep import Lockstep
@@ -46,6 +47,19 @@ Measured against two more scores (the example's peak share of GPU pages in use, 
 SUSPENDED caches on the host): the peak share saturates at 1 on the one-page configs and
 drew hypothesis's optimiser there, finding fewer bugs than no target at all; this count alone
 found as many or more (docs/performance.md, "Checker strength")."""
+
+
+MEMO_STATES = 50_000
+"""States whose enabled choices one machine class keeps per config (the memo is emptied when
+full): ~8,000 new states per 200 examples of 40 steps."""
+
+
+class Choices(NamedTuple):
+    """One action's enabled ``(slot, args)`` in one model state, and the strategy drawing one
+    of them (None when there is none: the rule's precondition is false)."""
+
+    options: list[tuple[int, dict[str, Any]]]
+    strategy: st.SearchStrategy[tuple[int, dict[str, Any]]] | None
 
 
 class DivergenceFound(ConformanceError):
@@ -76,7 +90,13 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
     (:data:`TARGETS`) to ``hypothesis.target`` at each example's end (hypothesis's target
     phase, when the settings include it, then steers towards it). ``coverage``: every
     lockstep transition is counted into it (replays included); ``model_violations``:
-    receives each example's model violations (the policy's own) at its teardown."""
+    receives each example's model violations (the policy's own) at its teardown.
+
+    A rule's enabled ``(slot, args)`` (its precondition, and what it draws from) are computed
+    once per model state and kept for the class's later examples (``cls._memos``, one dict
+    per config, emptied at :data:`MEMO_STATES` states): the examples revisit states, and every
+    step asks each rule's precondition, i.e. enumerates its argument tuples. The lists are
+    those a fresh enumeration gives, in the same order, so a seed draws the same examples."""
     configs = (config,) if isinstance(config, Config) else tuple(config)
     if not configs:
         raise ValueError("make_machine: no config given")
@@ -93,6 +113,10 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
         if div is not None:
             raise DivergenceFound(div)
 
+    # per config: model state -> action name -> its enabled (slot, args) and the strategy
+    # drawing one of them; shared by the examples of this class (they revisit states)
+    memos: list[dict[State, dict[str, Choices]]] = [{} for _ in configs]
+
     def init(self: Any) -> None:
         RuleBasedStateMachine.__init__(self)
         self.lock = None
@@ -104,22 +128,31 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
     def choose_config(self: Any, index: int) -> None:
         start(self, index)
 
-    def enabled(self: Any, name: str) -> list[tuple[int, dict[str, Any]]]:
+    def choices(self: Any, name: str) -> Choices:
         s = self.lock.state
         if self._cache_key is not s:
-            self._cache_key, self._cache = s, {}
-        if name not in self._cache:
+            memo = memos[self.config_index]
+            found = memo.get(s)
+            if found is None:
+                if len(memo) >= MEMO_STATES:
+                    memo.clear()
+                found = memo[s] = {}
+            self._cache_key, self._cache = s, found
+        got = self._cache.get(name)
+        if got is None:
             model = self.model
             a = model.action(name)
             slots = range(self.config.num_requests) if a.per_request else range(1)
             if a.demand is None:
-                self._cache[name] = [(r, args) for r in slots
-                                     for args in model.enabled_args(s, a, r)]
+                opts = [(r, args) for r in slots for args in model.enabled_args(s, a, r)]
             else:  # the victims are the implementation's choice: the lockstep reads them
-                self._cache[name] = [(r, args) for r in slots
-                                     for args in a.argument_tuples(self.config)
-                                     if model.enabled(s, name, r, **args)]
-        return self._cache[name]
+                opts = [(r, args) for r in slots for args in a.argument_tuples(self.config)
+                        if model.enabled(s, name, r, **args)]
+            got = self._cache[name] = Choices(opts, st.sampled_from(opts) if opts else None)
+        return got
+
+    def enabled(self: Any, name: str) -> list[tuple[int, dict[str, Any]]]:
+        return choices(self, name).options
 
     def make_rule(name: str) -> Any:
         @precondition(lambda self: bool(self._enabled(name)))
@@ -127,7 +160,9 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
         def step(self: Any, data: st.DataObject) -> None:
             if before_step is not None:
                 before_step()
-            r, args = data.draw(st.sampled_from(self._enabled(name)), label=name)
+            strategy = choices(self, name).strategy
+            assert strategy is not None  # the precondition holds: some choice is enabled
+            r, args = data.draw(strategy, label=name)
             type(self).steps_run[0] += 1
             before = self.lock.state
             div = self.lock.step(name, r, dict(args))
@@ -162,6 +197,7 @@ def make_machine(factory: Factory, config: Config | Sequence[Config], policy: Po
             on_example_end()
 
     body: dict[str, Any] = {"__init__": init, "steps_run": [0], "_enabled": enabled,
+                            "_memos": memos,
                             "check_structure": invariant()(check_structure),
                             "teardown": teardown, "configs": configs}
     if len(configs) > 1:
