@@ -121,8 +121,7 @@ class SymOps:
 
     def __init__(self, concrete: ConcreteOps) -> None:
         self._c = concrete
-        self.tokens_per_block = concrete._b
-        self._num, self._den = concrete._num, concrete._den
+        self.tokens_per_block = concrete.tokens_per_block
 
     def ite(self, cond: Term, then: Term, other: Term) -> Term:
         if not isinstance(cond, Sym):
@@ -161,9 +160,7 @@ class SymOps:
         return Sym("blocks", (capacity,), False)
 
     def util_exceeds(self, used: Term, total: Term) -> Term:
-        if not isinstance(used, Sym) and not isinstance(total, Sym):
-            return self._c.util_exceeds(used, total)
-        return used * self._den > self._num * total
+        return self._c.util_exceeds(used, total)  # arithmetic only: Sym operators record it
 
 
 def _junction(op: str, xs: Sequence[Term], decisive: bool) -> Term:
@@ -195,7 +192,7 @@ class _Trace:
         assert isinstance(concrete, ConcreteOps)
         self.ops = SymOps(concrete)
         self.ctx = Ctx(self.ops, m.ctx.policy, m.ctx.config, m.ctx.abstract_rest)
-        n = len(m.initial().reqs)
+        n = m.config.num_requests
         svars = {f: Sym("var", ("s", i), f in STATE_BOOL_FIELDS)
                  for i, f in enumerate(State._fields) if f != "reqs"}
         self.qvars = [tuple(Sym("var", ("q", j, k), f in REQ_BOOL_FIELDS)
@@ -264,9 +261,9 @@ def compile_guard(m: Model, a: Action, r: int) -> Callable[[State, Mapping[str, 
     guard = a.precondition if a.precondition is not None else a.guard
     params = [p for p in a.params if a.precondition is None or p.kind != "slots"]
     args = tr.arguments(a, None)
-    value = _traced(lambda: guard(tr.ctx, tr.state, r, **{p.name: args[p.name] for p in params}))
-    emit = _Emitter([value], tr.ops.tokens_per_block)
-    return emit.function(f"{a.name}_guard_r{r}", "s, args", emit.expr(value))
+    return _value_function(
+        tr, lambda: guard(tr.ctx, tr.state, r, **{p.name: args[p.name] for p in params}),
+        f"{a.name}_guard_r{r}", "s, args")
 
 
 def compile_value(m: Model, f: Callable[..., Term], signature: str, *extra: Any) -> Any:
@@ -279,10 +276,16 @@ def compile_value(m: Model, f: Callable[..., Term], signature: str, *extra: Any)
             value.
     """
     tr = _Trace(m)
-    value = _traced(lambda: f(tr.ctx, tr.state, *extra))
+    return _value_function(tr, lambda: f(tr.ctx, tr.state, *extra),
+                           getattr(f, "__name__", "value").strip("<>_") or "value", signature)
+
+
+def _value_function(tr: _Trace, run: Callable[[], Term], name: str, signature: str) -> Any:
+    """The function ``name(signature)`` returning the value ``run()`` computes on ``tr``'s
+    symbolic inputs."""
+    value = _traced(run)
     emit = _Emitter([value], tr.ops.tokens_per_block)
-    return emit.function(getattr(f, "__name__", "value").strip("<>_") or "value", signature,
-                         emit.expr(value))
+    return emit.function(name, signature, emit.expr(value))
 
 
 def _traced(run: Callable[[], Any]) -> Any:
@@ -302,14 +305,10 @@ class _Emitter:
 
     def __init__(self, roots: Sequence[Any], tokens_per_block: int) -> None:
         self._b = tokens_per_block
-        self._uses: dict[int, int] = {}
-        for x in roots:
+        self._uses: dict[int, int] = {}  # references from the roots and from other nodes
+        for x in [*roots, *(y for node in _walk(roots) for y in node.args)]:
             if isinstance(x, Sym):
                 self._uses[id(x)] = self._uses.get(id(x), 0) + 1
-        for node in _walk(roots):
-            for x in node.args:
-                if isinstance(x, Sym):
-                    self._uses[id(x)] = self._uses.get(id(x), 0) + 1
         self._names: dict[int, str] = {}
         self._lines: list[str] = []
 

@@ -41,6 +41,11 @@ class ConcreteOps:
         self._num = util_num
         self._den = util_den
 
+    @property
+    def tokens_per_block(self) -> int:
+        """B, the tokens one page holds (the divisor of :meth:`blocks`)."""
+        return self._b
+
     def ite(self, cond: Term, then: Term, other: Term) -> Term:
         return then if cond else other
 

@@ -310,14 +310,14 @@ def _victims_caller(m: Model, compiled: CompiledModel, i: int,
         if pre is None or demand is None:
             return memo
 
-        def victims(c: Ctx, s: State, r: int, holds: bool) -> list[dict[str, Any]]:
+        def by_compiled(c: Ctx, s: State, r: int, holds: bool) -> list[dict[str, Any]]:
             if not holds and not pre(s, none):
                 return []
             if demand(s) == 0:
                 return no_eviction(i)
             return arguments(s, a, r, holds=True)
 
-        return victims
+        return by_compiled
 
     def victims(c: Ctx, s: State, r: int, holds: bool) -> list[dict[str, Any]]:
         fn = fns.get(r)
